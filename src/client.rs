@@ -1,0 +1,216 @@
+//! A CAMP client: dials a server, runs the handshake, and returns the same
+//! [`Session`] handle and [`SessionEvents`] stream the server side uses.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), camp_server::client::ClientError> {
+//! use camp_server::client::Client;
+//!
+//! let (session, mut events) = Client::new("ws://127.0.0.1:8080/", "secret").connect().await?;
+//! session.send_utf8("hello").acked().await.expect("acknowledged");
+//! let reply = events.next_message().await;
+//! session.close("done");
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
+
+use crate::extension::Pipeline;
+use crate::protocol;
+use crate::server::SUBPROTOCOL;
+use crate::session::{
+    Backpressure, CloseInfo, Driver, Role, Session, SessionConfig, SessionEvents, event_channel,
+};
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is not a `ws://` URL with a host.
+    #[error("invalid URL: {0}")]
+    InvalidUrl(String),
+    /// The TCP connection failed.
+    #[error("cannot connect: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server refused the upgrade with this HTTP status.
+    #[error("server refused the upgrade with HTTP {status}: {body}")]
+    Refused {
+        /// The HTTP status (401 bad token, 409 sid in use, 400 bad request).
+        status: u16,
+        /// The response body.
+        body: String,
+    },
+    /// The WebSocket handshake or connection failed.
+    #[error("WebSocket error: {0}")]
+    WebSocket(Box<WsError>),
+    /// The CAMP handshake failed; the session was closed.
+    #[error("CAMP handshake failed ({}): {}", .0.code, .0.reason)]
+    Handshake(CloseInfo),
+}
+
+/// Configures and opens a client session.
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct Client {
+    url: String,
+    token: String,
+    sid: Option<u64>,
+    subprotocol: bool,
+    sid_params: Vec<String>,
+    keep_alive: Duration,
+    handshake_timeout: Duration,
+    backpressure: Backpressure,
+    pipeline: Pipeline,
+}
+
+impl Client {
+    /// A client for `url` (`ws://host:port/path`) with bearer `token`.
+    pub fn new(url: impl Into<String>, token: impl Into<String>) -> Client {
+        Client {
+            url: url.into(),
+            token: token.into(),
+            sid: None,
+            subprotocol: true,
+            sid_params: vec!["x-camp-sid".into()],
+            keep_alive: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            backpressure: Backpressure::default(),
+            pipeline: Pipeline::new(),
+        }
+    }
+
+    /// The session id to ask for (default: random).
+    pub fn sid(mut self, sid: u64) -> Client {
+        self.sid = Some(sid);
+        self
+    }
+
+    /// Whether to offer the `camp` subprotocol (default true; the
+    /// reference's own client offers none).
+    pub fn subprotocol(mut self, offer: bool) -> Client {
+        self.subprotocol = offer;
+        self
+    }
+
+    /// The query parameter names that carry the session id (default
+    /// `x-camp-sid`); peers send `x-CAMP-sid` too for the reference server.
+    pub fn sid_params<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Client {
+        self.sid_params = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Outgoing queue limits.
+    pub fn backpressure(mut self, backpressure: Backpressure) -> Client {
+        self.backpressure = backpressure;
+        self
+    }
+
+    /// Extensions applied to this session's messages.
+    pub fn pipeline(mut self, pipeline: Pipeline) -> Client {
+        self.pipeline = pipeline;
+        self
+    }
+
+    /// How long the server has to complete the CAMP handshake.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Client {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Connects, upgrades and runs the CAMP handshake.
+    pub async fn connect(self) -> Result<(Session, SessionEvents), ClientError> {
+        let sid = self.sid.unwrap_or_else(random_sid);
+        let uri: Uri = self
+            .url
+            .parse()
+            .map_err(|e| ClientError::InvalidUrl(format!("{}: {e}", self.url)))?;
+        if uri.scheme_str() != Some("ws") {
+            return Err(ClientError::InvalidUrl(format!(
+                "{}: only ws:// is supported",
+                self.url
+            )));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| ClientError::InvalidUrl(format!("{}: no host", self.url)))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let mut query = uri.query().map(|q| format!("{q}&")).unwrap_or_default();
+        query.push_str(&format!(
+            "authorization=Bearer%20{}",
+            percent_encode(&self.token)
+        ));
+        for name in &self.sid_params {
+            query.push_str(&format!("&{name}={sid}"));
+        }
+        let target = format!("{}?{query}", uri.path());
+        let full = format!("ws://{}{target}", uri.authority().expect("host checked"));
+        let mut request = full
+            .into_client_request()
+            .map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
+        if self.subprotocol {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static(SUBPROTOCOL),
+            );
+        }
+        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+        let _ = tcp.set_nodelay(true);
+        let remote = tcp.peer_addr().ok();
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            request,
+            tcp,
+            Some(crate::server::ws_config()),
+        )
+        .await
+        .map_err(|e| match e {
+            WsError::Http(response) => ClientError::Refused {
+                status: response.status().as_u16(),
+                body: response
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                    .unwrap_or_default(),
+            },
+            other => ClientError::WebSocket(Box::new(other)),
+        })?;
+        let config = SessionConfig {
+            keep_alive: self.keep_alive,
+            handshake_timeout: self.handshake_timeout,
+            backpressure: self.backpressure,
+            features: protocol::FEATURES,
+        };
+        let mut driver = Driver::new(ws, sid, Role::Client, config, self.pipeline);
+        let features = driver.handshake().await.map_err(ClientError::Handshake)?;
+        let (session, commands) = Session::new(sid, remote, features);
+        let (events_tx, events) = event_channel();
+        let (_never, shutdown) = watch::channel(false);
+        tokio::spawn(driver.run(session.clone(), commands, events_tx, shutdown));
+        Ok((session, events))
+    }
+}
+
+/// A random session id from the standard library's randomly seeded hasher.
+fn random_sid() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// Percent-encodes a query component (RFC 3986 unreserved characters stay).
+pub(crate) fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

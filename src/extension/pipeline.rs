@@ -1,0 +1,282 @@
+//! The ordered list of extensions that every message passes through.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use super::{Extension, FailurePolicy, Hook, HookError, HookSet, Message, Verdict};
+use crate::protocol::close;
+use crate::session::Session;
+
+/// Why the pipeline refused a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PipelineError {
+    /// `register` was given a name that is already registered.
+    #[error("an extension named {0:?} is already registered")]
+    DuplicateName(String),
+}
+
+/// Counters kept per extension name; they survive replacement by a new
+/// version so an operator sees the plugin's whole history.
+#[derive(Debug, Default)]
+pub struct ExtensionStats {
+    /// Hook calls made.
+    pub calls: AtomicU64,
+    /// Messages the extension dropped (by verdict, not by failure).
+    pub drops: AtomicU64,
+    /// Hook calls that failed, by kind: trap, timeout, memory, unavailable, invalid.
+    pub failures: [AtomicU64; 5],
+    /// Total nanoseconds spent in hook calls.
+    pub nanos: AtomicU64,
+    /// The last failure, with the hook it happened in.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl ExtensionStats {
+    /// Failure kinds in the order of [`ExtensionStats::failures`].
+    pub const FAILURE_KINDS: [&'static str; 5] =
+        ["trap", "timeout", "memory", "unavailable", "invalid"];
+
+    fn record_failure(&self, hook: Hook, err: &HookError) {
+        let i = Self::FAILURE_KINDS
+            .iter()
+            .position(|k| *k == err.kind())
+            .unwrap_or(0);
+        self.failures[i].fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(format!("{}: {err}", hook.name()));
+    }
+
+    /// Total failures of every kind.
+    pub fn failure_count(&self) -> u64 {
+        self.failures
+            .iter()
+            .map(|f| f.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// A snapshot of one registered extension, for listings and the admin view.
+#[derive(Debug, Clone)]
+pub struct ExtensionInfo {
+    /// The extension's name.
+    pub name: String,
+    /// Its sort key: extensions run by ascending order, then by name.
+    pub order: i64,
+    /// The hooks it implements.
+    pub hooks: HookSet,
+    /// What happens when it fails.
+    pub policy: FailurePolicy,
+    /// When this version was registered.
+    pub registered_at: SystemTime,
+    /// Its counters.
+    pub stats: Arc<ExtensionStats>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    extension: Arc<dyn Extension>,
+    hooks: HookSet,
+    order: i64,
+    registered_at: SystemTime,
+    stats: Arc<ExtensionStats>,
+}
+
+/// The ordered pipeline of extensions, shared by every session of a server.
+///
+/// Cheap to clone (all clones are the same pipeline). Changes are atomic:
+/// a message takes a snapshot of the list when it enters the pipeline, so a
+/// message already inside a hook finishes with the version it started with,
+/// and the next message sees the new list. Nothing is lost or run twice.
+#[derive(Clone, Default)]
+pub struct Pipeline {
+    entries: Arc<RwLock<Arc<[Entry]>>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.snapshot()
+                    .iter()
+                    .map(|e| e.extension.name().to_string()),
+            )
+            .finish()
+    }
+}
+
+impl Pipeline {
+    /// An empty pipeline.
+    pub fn new() -> Pipeline {
+        Pipeline::default()
+    }
+
+    fn snapshot(&self) -> Arc<[Entry]> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn update<R>(&self, f: impl FnOnce(&mut Vec<Entry>) -> R) -> R {
+        let mut guard = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let mut list = guard.to_vec();
+        let result = f(&mut list);
+        list.sort_by(|a, b| (a.order, a.extension.name()).cmp(&(b.order, b.extension.name())));
+        *guard = list.into();
+        result
+    }
+
+    /// Appends an extension (order 0, then by name). Refuses a duplicate name.
+    pub fn register(&self, extension: Arc<dyn Extension>) -> Result<(), PipelineError> {
+        let name = extension.name().to_string();
+        self.update(|list| {
+            if list.iter().any(|e| e.extension.name() == name) {
+                return Err(PipelineError::DuplicateName(name));
+            }
+            list.push(Entry {
+                hooks: extension.hooks(),
+                extension,
+                order: 0,
+                registered_at: SystemTime::now(),
+                stats: Arc::default(),
+            });
+            Ok(())
+        })
+    }
+
+    /// Inserts `extension` with sort key `order`, or atomically replaces the
+    /// registered extension of the same name (keeping its counters). The
+    /// replaced version is told it was [`unregistered`](Extension::unregistered)
+    /// after the swap and returned.
+    pub fn upsert(&self, extension: Arc<dyn Extension>, order: i64) -> Option<Arc<dyn Extension>> {
+        let old = self.update(|list| {
+            let entry = Entry {
+                hooks: extension.hooks(),
+                extension: extension.clone(),
+                order,
+                registered_at: SystemTime::now(),
+                stats: Arc::default(),
+            };
+            match list
+                .iter_mut()
+                .find(|e| e.extension.name() == extension.name())
+            {
+                Some(slot) => {
+                    let stats = slot.stats.clone();
+                    let old = std::mem::replace(slot, Entry { stats, ..entry });
+                    Some(old.extension)
+                }
+                None => {
+                    list.push(entry);
+                    None
+                }
+            }
+        });
+        if let Some(old) = &old {
+            old.unregistered();
+        }
+        old
+    }
+
+    /// Removes the extension called `name`, tells it, and returns it.
+    pub fn unregister(&self, name: &str) -> Option<Arc<dyn Extension>> {
+        let old = self.update(|list| {
+            let i = list.iter().position(|e| e.extension.name() == name)?;
+            Some(list.remove(i).extension)
+        });
+        if let Some(old) = &old {
+            old.unregistered();
+        }
+        old
+    }
+
+    /// The extension called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Extension>> {
+        self.snapshot()
+            .iter()
+            .find(|e| e.extension.name() == name)
+            .map(|e| e.extension.clone())
+    }
+
+    /// The registered extensions in pipeline order.
+    pub fn list(&self) -> Vec<ExtensionInfo> {
+        self.snapshot()
+            .iter()
+            .map(|e| ExtensionInfo {
+                name: e.extension.name().to_string(),
+                order: e.order,
+                hooks: e.hooks,
+                policy: e.extension.failure_policy(),
+                registered_at: e.registered_at,
+                stats: e.stats.clone(),
+            })
+            .collect()
+    }
+
+    /// Whether no extension is registered.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot().is_empty()
+    }
+
+    /// Runs `hook` of every extension that implements it, in order, on
+    /// `message`. Every verdict counts: the first [`Verdict::Drop`] stops the
+    /// message. A failing hook is logged with the extension's name, counted,
+    /// and handled by its [`FailurePolicy`].
+    pub fn run(&self, hook: Hook, session: &Session, message: &mut Message) -> Verdict {
+        let entries = self.snapshot();
+        for entry in entries.iter().filter(|e| e.hooks.contains(hook)) {
+            let started = std::time::Instant::now();
+            let result = entry.extension.call(hook, session, message);
+            entry.stats.calls.fetch_add(1, Ordering::Relaxed);
+            entry
+                .stats
+                .nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            match result {
+                Ok(Verdict::Pass) => {}
+                Ok(Verdict::Drop) => {
+                    entry.stats.drops.fetch_add(1, Ordering::Relaxed);
+                    return Verdict::Drop;
+                }
+                Err(err) => {
+                    let policy = entry.extension.failure_policy();
+                    entry.stats.record_failure(hook, &err);
+                    tracing::warn!(
+                        extension = entry.extension.name(),
+                        hook = hook.name(),
+                        session = session.id(),
+                        policy = ?policy,
+                        "extension failed: {err}"
+                    );
+                    match policy {
+                        FailurePolicy::FailOpen => {}
+                        FailurePolicy::FailClosed => return Verdict::Drop,
+                        FailurePolicy::CloseSession => {
+                            session.close_with(
+                                close::SERVER_ERROR,
+                                format!("extension {} failed", entry.extension.name()),
+                            );
+                            return Verdict::Drop;
+                        }
+                    }
+                }
+            }
+        }
+        Verdict::Pass
+    }
+
+    /// Tells every extension that `session` opened.
+    pub fn session_opened(&self, session: &Session) {
+        for entry in self.snapshot().iter() {
+            entry.extension.session_opened(session);
+        }
+    }
+
+    /// Tells every extension that `session` closed.
+    pub fn session_closed(&self, session: &Session) {
+        for entry in self.snapshot().iter() {
+            entry.extension.session_closed(session);
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The server: listener, HTTP upgrade, the session registry and shutdown.
+//!
+//! ```no_run
+//! use camp_server::server::Server;
+//!
+//! # async fn demo() -> std::io::Result<()> {
+//! let (server, mut incoming) = Server::builder().tokens(["secret"]).build();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
+//! tokio::spawn(async move { server.serve(listener, shutdown).await });
+//! while let Some((session, mut events)) = incoming.next().await {
+//!     tokio::spawn(async move {
+//!         while let Some(message) = events.next_message().await {
+//!             println!("session {} sent {message:?}", session.id());
+//!         }
+//!     });
+//! }
+//! # Ok(()) }
+//! ```
+
+mod registry;
+mod upgrade;
+
+pub use upgrade::{Refusal, SUBPROTOCOL};
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::extension::Pipeline;
+use crate::protocol;
+use crate::session::{
+    Backpressure, Driver, Role, Session, SessionConfig, SessionEvents, event_channel,
+};
+use registry::Registry;
+use upgrade::Prefixed;
+
+/// An async check of a bearer token: true admits the client.
+pub type Validator =
+    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// How long a client has to send its upgrade request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for sessions to say goodbye before it cuts them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Configures a [`Server`]. Defaults are the reference server's.
+#[must_use]
+pub struct ServerBuilder {
+    keep_alive: Duration,
+    handshake_timeout: Duration,
+    backpressure: Backpressure,
+    validator: Option<Validator>,
+    pipeline: Pipeline,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            keep_alive: Duration::from_millis(15_000),
+            handshake_timeout: Duration::from_secs(10),
+            backpressure: Backpressure::default(),
+            validator: None,
+            pipeline: Pipeline::new(),
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// Heartbeat interval (default 15 s): a PING goes out every interval,
+    /// and a session that sent nothing for a whole interval is closed.
+    pub fn keep_alive(mut self, interval: Duration) -> Self {
+        self.keep_alive = interval;
+        self
+    }
+
+    /// How long a client has to complete the CAMP handshake (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Outgoing queue limits of every session.
+    pub fn backpressure(mut self, backpressure: Backpressure) -> Self {
+        self.backpressure = backpressure;
+        self
+    }
+
+    /// The token validator: called with the bearer token (without
+    /// `Bearer `) of every upgrade request. Without one, every request is
+    /// refused.
+    pub fn validator<F, Fut>(mut self, validator: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        self.validator = Some(Arc::new(move |token| Box::pin(validator(token))));
+        self
+    }
+
+    /// Admits exactly these tokens.
+    pub fn tokens<I, T>(self, tokens: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let set: Arc<HashSet<String>> = Arc::new(tokens.into_iter().map(Into::into).collect());
+        self.validator(move |token| {
+            let ok = set.contains(&token);
+            async move { ok }
+        })
+    }
+
+    /// The extension pipeline every session's messages pass through.
+    pub fn pipeline(mut self, pipeline: Pipeline) -> Self {
+        self.pipeline = pipeline;
+        self
+    }
+
+    /// Builds the server and the stream of its new sessions.
+    pub fn build(self) -> (Server, Incoming) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (shutdown, _) = watch::channel(false);
+        let inner = Inner {
+            session: SessionConfig {
+                keep_alive: self.keep_alive,
+                handshake_timeout: self.handshake_timeout,
+                backpressure: self.backpressure,
+                features: protocol::FEATURES,
+            },
+            validator: self
+                .validator
+                .unwrap_or_else(|| Arc::new(|_| Box::pin(async { false }))),
+            pipeline: self.pipeline,
+            registry: Registry::default(),
+            incoming: tx,
+            shutdown,
+        };
+        (
+            Server {
+                inner: Arc::new(inner),
+            },
+            Incoming(rx),
+        )
+    }
+}
+
+/// New sessions, each with its event stream, once their handshake is done.
+#[derive(Debug)]
+pub struct Incoming(mpsc::UnboundedReceiver<(Session, SessionEvents)>);
+
+impl Incoming {
+    /// The next session; `None` once the server is gone.
+    pub async fn next(&mut self) -> Option<(Session, SessionEvents)> {
+        self.0.recv().await
+    }
+}
+
+struct Inner {
+    session: SessionConfig,
+    validator: Validator,
+    pipeline: Pipeline,
+    registry: Registry,
+    incoming: mpsc::UnboundedSender<(Session, SessionEvents)>,
+    /// Turns true when the server shuts down; every session watches it.
+    shutdown: watch::Sender<bool>,
+}
+
+/// A CAMP server. Cheap to clone; clones are the same server.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+impl Server {
+    /// A builder with the reference server's defaults.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The extension pipeline (register, replace, unregister, list).
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.inner.pipeline
+    }
+
+    /// The open sessions.
+    pub fn sessions(&self) -> Vec<Session> {
+        self.inner.registry.sessions()
+    }
+
+    /// The open session with this id.
+    pub fn session(&self, sid: u64) -> Option<Session> {
+        self.inner.registry.get(sid)
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes; then
+    /// stops accepting, says BYE to every session, waits for them to close
+    /// (at most 5 s) and returns.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, remote)) => {
+                        let _ = tcp.set_nodelay(true);
+                        let inner = self.inner.clone();
+                        connections.spawn(async move { inner.accept(tcp, remote).await });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = connections.join_next() => {}
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!(sessions = connections.len(), "shutting down");
+        self.inner.shutdown.send_replace(true);
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(left = connections.len(), "sessions did not close in time");
+            connections.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Handles one accepted TCP connection from request to close.
+    async fn accept(&self, tcp: TcpStream, remote: SocketAddr) {
+        self.upgrade(tcp, remote).await;
+    }
+
+    async fn upgrade<S>(&self, mut stream: S, remote: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let head =
+            match tokio::time::timeout(REQUEST_TIMEOUT, upgrade::read_head(&mut stream)).await {
+                Ok(Ok(head)) => head,
+                Ok(Err(refusal)) => return self.refuse(&mut stream, remote, refusal).await,
+                Err(_) => {
+                    let refusal = Refusal::new(400, "timeout", "request not received in time");
+                    return self.refuse(&mut stream, remote, refusal).await;
+                }
+            };
+        let up = match upgrade::check(&head) {
+            Ok(up) => up,
+            Err(refusal) => return self.refuse(&mut stream, remote, refusal).await,
+        };
+        let shutting_down = *self.shutdown.borrow();
+        if shutting_down {
+            let refusal = Refusal::new(503, "shutting_down", "server is shutting down");
+            return self.refuse(&mut stream, remote, refusal).await;
+        }
+        if !(self.validator)(up.token.clone()).await {
+            let refusal = Refusal::new(401, "rejected_token", "token rejected");
+            return self.refuse(&mut stream, remote, refusal).await;
+        }
+        let Some(reservation) = self.registry.reserve(up.sid) else {
+            let refusal = Refusal::new(
+                409,
+                "duplicate_sid",
+                format!("session {} is already connected", up.sid),
+            );
+            return self.refuse(&mut stream, remote, refusal).await;
+        };
+        let camp = up.camp_subprotocol;
+        let callback = move |_: &Request, mut response: Response| {
+            if camp {
+                response.headers_mut().insert(
+                    "Sec-WebSocket-Protocol",
+                    HeaderValue::from_static(SUBPROTOCOL),
+                );
+            }
+            Ok(response)
+        };
+        let ws = match tokio_tungstenite::accept_hdr_async_with_config(
+            Prefixed::new(head, stream),
+            callback,
+            Some(ws_config()),
+        )
+        .await
+        {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::info!(%remote, "WebSocket handshake failed: {e}");
+                return;
+            }
+        };
+        let mut driver = Driver::new(
+            ws,
+            up.sid,
+            Role::Server,
+            self.session.clone(),
+            self.pipeline.clone(),
+        );
+        let features = match driver.handshake().await {
+            Ok(features) => features,
+            Err(info) => {
+                tracing::info!(%remote, sid = up.sid, code = info.code, "handshake failed: {}", info.reason);
+                return;
+            }
+        };
+        let (session, commands) = Session::new(up.sid, Some(remote), features);
+        reservation.attach(session.clone());
+        let (events_tx, events) = event_channel();
+        let _ = self.incoming.send((session.clone(), events));
+        tracing::info!(%remote, sid = up.sid, "session open");
+        let info = driver
+            .run(session, commands, events_tx, self.shutdown.subscribe())
+            .await;
+        tracing::info!(%remote, sid = up.sid, code = info.code, by_peer = info.by_peer, "session closed: {}", info.reason);
+        drop(reservation);
+    }
+
+    async fn refuse<S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        remote: SocketAddr,
+        refusal: Refusal,
+    ) {
+        // Never log the request itself: it carries the bearer token.
+        tracing::info!(%remote, status = refusal.status, reason = refusal.reason, "upgrade refused");
+        let _ = refusal.send(stream).await;
+    }
+}
+
+/// WebSocket settings: messages a little larger than the largest CAMP frame
+/// still reach the codec, so an oversized frame gets a precise ERROR.
+pub(crate) fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(2 * protocol::MAX_FRAME))
+        .max_frame_size(Some(2 * protocol::MAX_FRAME))
+}

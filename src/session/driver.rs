@@ -1,0 +1,633 @@
+//! The task that owns one connection: handshake, ACKs, heartbeat, the
+//! pipeline, and the close sequence.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+
+use super::ack::AckTracker;
+use super::queue::{Backpressure, Class, Item, Pushed, Queue};
+use super::{CloseInfo, Command, DeliveryError, Session, SessionEvent, SessionEvents, Stats};
+use crate::extension::{Hook, Message, Pipeline, Verdict};
+use crate::protocol::{self, Body, Frame, FrameError, PingPong, close};
+
+/// Which end of the connection this is. The server speaks first in the
+/// handshake and sends the heartbeat; the client answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Accepted connection.
+    Server,
+    /// Dialed connection (the client, and peers).
+    Client,
+}
+
+/// Per-session settings, fixed when the session starts.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionConfig {
+    /// Heartbeat interval; also the liveness window.
+    pub keep_alive: Duration,
+    /// How long the peer has to complete the handshake.
+    pub handshake_timeout: Duration,
+    /// Outgoing queue limits.
+    pub backpressure: Backpressure,
+    /// Feature flags this endpoint announces.
+    pub features: u64,
+}
+
+/// How many malformed frames a session may send before it is closed: each
+/// is answered with an ERROR frame, but a peer that only sends garbage is
+/// cut off rather than answered forever.
+const MAX_MALFORMED: u32 = 64;
+
+/// How long to wait for the peer's close reply after we closed.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Capacity of the application's event channel; a full channel slows the
+/// session's reading, which is the backpressure a slow application exerts.
+const EVENTS_CAPACITY: usize = 256;
+
+type Stream<S> = SplitStream<WebSocketStream<S>>;
+
+/// One connection's state, owned by its task.
+pub(crate) struct Driver<S> {
+    /// Incoming WebSocket messages.
+    stream: Stream<S>,
+    /// Outgoing frames, drained by the writer task.
+    queue: Arc<Queue>,
+    /// The writer task; its end means the connection can no longer send.
+    writer: JoinHandle<()>,
+    /// Bytes written by the writer task.
+    bytes_tx: Arc<AtomicU64>,
+    /// Bytes of frames received.
+    bytes_rx: u64,
+    /// This session's id; stamped on every outgoing frame.
+    sid: u64,
+    /// Server or client end.
+    role: Role,
+    /// Settings.
+    config: SessionConfig,
+    /// Extensions applied to every message.
+    pipeline: Pipeline,
+    /// Pending ACKs of frames we sent.
+    acks: AckTracker,
+    /// Malformed frames received so far.
+    malformed: u32,
+}
+
+/// What ended the main loop.
+enum Exit {
+    /// The peer is gone or closed; nothing more to send.
+    Peer(CloseInfo),
+    /// We decided to close: say BYE and close with this code.
+    Local(u16, String),
+}
+
+impl<S> Driver<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Takes over an upgraded WebSocket and starts its writer.
+    pub(crate) fn new(
+        ws: WebSocketStream<S>,
+        sid: u64,
+        role: Role,
+        config: SessionConfig,
+        pipeline: Pipeline,
+    ) -> Driver<S> {
+        let (sink, stream) = ws.split();
+        let queue = Arc::new(Queue::new(config.backpressure));
+        let bytes_tx = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(write_loop(sink, queue.clone(), bytes_tx.clone()));
+        Driver {
+            stream,
+            queue,
+            writer,
+            bytes_tx,
+            bytes_rx: 0,
+            sid,
+            role,
+            config,
+            pipeline,
+            acks: AckTracker::new(),
+            malformed: 0,
+        }
+    }
+
+    fn push(&mut self, body: Body, class: Class) {
+        let frame = Frame::new(self.sid, body);
+        let item = Item::Frame {
+            ack: frame.body.ack(),
+            ty: frame.body.frame_type(),
+            bytes: frame.encode(),
+            class,
+        };
+        match self.queue.push(item) {
+            Pushed::Queued(dropped) => {
+                for id in dropped {
+                    self.acks.forget(id, DeliveryError::DroppedByQueue);
+                }
+            }
+            Pushed::Dropped(Some(id)) => self.acks.forget(id, DeliveryError::DroppedByQueue),
+            Pushed::Dropped(None) | Pushed::Closed => {}
+        }
+    }
+
+    /// Sends an ACK-tracked protocol frame.
+    fn push_tracked(&mut self, mut body: Body) {
+        body.set_ack(self.acks.track(Instant::now().into_std(), None));
+        self.push(body, Class::Control);
+    }
+
+    fn endpoint_info(&self) -> Body {
+        Body::EndpointInfo {
+            ack: 0,
+            version: protocol::VERSION,
+            features: self.config.features,
+        }
+    }
+
+    /// Answers a malformed message with an ERROR frame; closes the session
+    /// once the peer has sent too many.
+    fn malformed(&mut self, why: String) -> Option<Exit> {
+        self.malformed += 1;
+        tracing::debug!(sid = self.sid, "malformed input: {why}");
+        if self.malformed > MAX_MALFORMED {
+            return Some(Exit::Local(
+                close::CLIENT_ERROR,
+                format!("too many malformed frames (last: {why})"),
+            ));
+        }
+        self.push_tracked(Body::Error {
+            ack: 0,
+            message: why,
+        });
+        None
+    }
+
+    /// Reads the next CAMP frame. Malformed input is answered here and
+    /// reading goes on; the end of the connection is an `Err(Exit)`.
+    async fn next_frame(&mut self) -> Result<Frame, Exit> {
+        loop {
+            let msg = match self.stream.next().await {
+                Some(Ok(msg)) => msg,
+                Some(Err(WsError::Capacity(e))) => {
+                    return Err(Exit::Local(
+                        close::CLIENT_ERROR,
+                        format!("frame too large: {e}"),
+                    ));
+                }
+                Some(Err(e)) => return Err(Exit::Peer(lost(&e.to_string()))),
+                None => return Err(Exit::Peer(lost("connection lost"))),
+            };
+            match msg {
+                WsMessage::Binary(bytes) => {
+                    self.bytes_rx += bytes.len() as u64;
+                    match Frame::decode(bytes) {
+                        Ok(frame) if frame.sid != self.sid => {
+                            let why =
+                                format!("frame for session {} on session {}", frame.sid, self.sid);
+                            if let Some(exit) = self.malformed(why) {
+                                return Err(exit);
+                            }
+                        }
+                        Ok(frame) => return Ok(frame),
+                        Err(e) => {
+                            if let Some(exit) = self.malformed(malformed_text(&e)) {
+                                return Err(exit);
+                            }
+                        }
+                    }
+                }
+                WsMessage::Text(_) => {
+                    let why = "text WebSocket messages are not CAMP frames; send binary".into();
+                    if let Some(exit) = self.malformed(why) {
+                        return Err(exit);
+                    }
+                }
+                WsMessage::Close(frame) => {
+                    let (code, reason) = frame
+                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    return Err(Exit::Peer(CloseInfo {
+                        code,
+                        reason,
+                        by_peer: true,
+                    }));
+                }
+                WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+            }
+        }
+    }
+
+    /// Runs the CAMP handshake; returns the peer's feature flags.
+    async fn handshake_inner(&mut self) -> Result<u64, Exit> {
+        if self.role == Role::Server {
+            let info = self.endpoint_info();
+            self.push_tracked(info);
+        }
+        loop {
+            let frame = self.next_frame().await?;
+            match frame.body {
+                Body::Ack { acked } => {
+                    self.acks.ack(acked, Instant::now().into_std());
+                }
+                Body::Ping(PingPong::Ping) => self.push(Body::Ping(PingPong::Pong), Class::Control),
+                Body::Ping(PingPong::Pong) => {}
+                Body::EndpointInfo {
+                    ack,
+                    version,
+                    features,
+                } => {
+                    self.push(Body::Ack { acked: ack }, Class::Control);
+                    check_version(version)?;
+                    if self.role == Role::Client {
+                        let info = self.endpoint_info();
+                        self.push_tracked(info);
+                    }
+                    return Ok(features);
+                }
+                Body::Bye { ack, reason } => {
+                    self.push(Body::Ack { acked: ack }, Class::Control);
+                    return Err(Exit::Peer(CloseInfo {
+                        code: close::GRACEFUL,
+                        reason,
+                        by_peer: true,
+                    }));
+                }
+                other => {
+                    return Err(Exit::Local(
+                        close::CLIENT_ERROR,
+                        format!(
+                            "expected ENDPOINT_INFO, got {} before the handshake",
+                            other.frame_type().name()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Runs the handshake within the handshake timeout. On failure the
+    /// connection is closed and the reason returned.
+    pub(crate) async fn handshake(&mut self) -> Result<u64, CloseInfo> {
+        let timeout = self.config.handshake_timeout;
+        let exit = match tokio::time::timeout(timeout, self.handshake_inner()).await {
+            Ok(Ok(features)) => return Ok(features),
+            Ok(Err(exit)) => exit,
+            Err(_) => Exit::Local(
+                close::CLIENT_ERROR,
+                format!("handshake not completed within {timeout:?}"),
+            ),
+        };
+        Err(self.finish(exit).await)
+    }
+
+    /// Runs the session until it ends. `shutdown` turning true closes it
+    /// gracefully.
+    pub(crate) async fn run(
+        mut self,
+        session: Session,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        events: mpsc::Sender<SessionEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> CloseInfo {
+        self.pipeline.session_opened(&session);
+        let keep_alive = self.config.keep_alive;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard_since_tick = true;
+        let expiry = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(expiry);
+        let queue = self.queue.clone();
+        let exit = loop {
+            let deadline = self.acks.next_deadline();
+            if let Some(d) = deadline
+                && expiry.deadline() != Instant::from_std(d)
+            {
+                expiry.as_mut().reset(Instant::from_std(d));
+            }
+            tokio::select! {
+                frame = self.next_frame() => {
+                    heard_since_tick = true;
+                    match frame {
+                        Ok(frame) => {
+                            if let Some(exit) = self.on_frame(frame, &session, &events).await {
+                                break exit;
+                            }
+                        }
+                        Err(exit) => break exit,
+                    }
+                }
+                Some(command) = commands.recv() => match command {
+                    Command::Send(message, tx) => self.send_message(message, tx, &session),
+                    Command::Ping => self.push(Body::Ping(PingPong::Ping), Class::Control),
+                    Command::Close(code, reason) => break Exit::Local(code, reason),
+                },
+                _ = heartbeat.tick() => {
+                    if !heard_since_tick && self.role == Role::Server {
+                        break Exit::Local(
+                            close::CLIENT_ERROR,
+                            format!("heartbeat timeout: nothing received for {keep_alive:?}"),
+                        );
+                    }
+                    heard_since_tick = false;
+                    if self.role == Role::Server {
+                        self.push(Body::Ping(PingPong::Ping), Class::Control);
+                    }
+                    let stats = self.stats();
+                    session.set_stats(stats);
+                    let _ = events.try_send(SessionEvent::Stats(stats));
+                }
+                _ = &mut expiry, if deadline.is_some() => {
+                    self.acks.expire(Instant::now().into_std());
+                }
+                _ = shutting_down(&mut shutdown) => {
+                    break Exit::Local(close::GRACEFUL, "server shutting down".into());
+                }
+                _ = queue.closed() => {
+                    break Exit::Peer(lost("connection lost while writing"));
+                }
+            }
+        };
+        let info = self.finish(exit).await;
+        session.set_stats(self.stats());
+        session.mark_closed();
+        self.pipeline.session_closed(&session);
+        let _ = events.send(SessionEvent::Closed(info.clone())).await;
+        info
+    }
+
+    fn stats(&self) -> Stats {
+        Stats {
+            rtt_ms: self.acks.srtt_ms(),
+            bytes_rx: self.bytes_rx,
+            bytes_tx: self.bytes_tx.load(Ordering::Relaxed),
+            ack_timeouts: self.acks.timeouts(),
+            queue_drops: self.queue.drops(),
+        }
+    }
+
+    /// Runs an outgoing message through the pipeline and queues it.
+    fn send_message(
+        &mut self,
+        mut message: Message,
+        tx: Option<super::DeliveryTx>,
+        session: &Session,
+    ) {
+        let fail = |tx: Option<super::DeliveryTx>, e| {
+            if let Some(tx) = tx {
+                let _ = tx.send(Err(e));
+            }
+        };
+        let hook = Hook::for_message(&message, true);
+        if self.pipeline.run(hook, session, &mut message) == Verdict::Drop {
+            return fail(tx, DeliveryError::DroppedByExtension);
+        }
+        if message.len() > protocol::MAX_PAYLOAD {
+            return fail(tx, DeliveryError::TooLarge);
+        }
+        let ack = self.acks.track(Instant::now().into_std(), tx);
+        let body = match message {
+            Message::Utf8(text) => Body::Utf8 { ack, text },
+            Message::Binary(data) => Body::Binary {
+                ack,
+                data: Bytes::from(data),
+            },
+            Message::Error(message) => Body::Error { ack, message },
+        };
+        self.push(body, Class::Data);
+    }
+
+    /// Handles one frame after the handshake. Returns how the session ends,
+    /// if this frame ends it.
+    async fn on_frame(
+        &mut self,
+        frame: Frame,
+        session: &Session,
+        events: &mpsc::Sender<SessionEvent>,
+    ) -> Option<Exit> {
+        let ty = frame.body.frame_type();
+        if ty.is_transaction() && session.peer_features() & protocol::FEATURE_TRANSACTIONS == 0 {
+            return Some(Exit::Local(
+                close::SERVER_ERROR,
+                format!(
+                    "{} from a peer that did not announce the transactions feature",
+                    ty.name()
+                ),
+            ));
+        }
+        if let Some(ack) = frame.body.ack() {
+            self.push(Body::Ack { acked: ack }, Class::Control);
+        }
+        let message = match frame.body {
+            Body::Ack { acked } => {
+                self.acks.ack(acked, Instant::now().into_std());
+                return None;
+            }
+            Body::Ping(PingPong::Ping) => {
+                self.push(Body::Ping(PingPong::Pong), Class::Control);
+                return None;
+            }
+            Body::Ping(PingPong::Pong) => return None,
+            Body::EndpointInfo {
+                version, features, ..
+            } => {
+                // A repeated announcement updates the flags.
+                if let Err(exit) = check_version(version) {
+                    return Some(exit);
+                }
+                session.set_peer_features(features);
+                return None;
+            }
+            Body::Bye { reason, .. } => {
+                return Some(Exit::Peer(CloseInfo {
+                    code: close::GRACEFUL,
+                    reason,
+                    by_peer: true,
+                }));
+            }
+            Body::Utf8 { text, .. } => Message::Utf8(text),
+            Body::Binary { data, .. } => Message::Binary(data.to_vec()),
+            Body::Error { message, .. } => Message::Error(message),
+            Body::TxStart { .. }
+            | Body::TxChunk { .. }
+            | Body::TxFinish { .. }
+            | Body::TxFetch { .. }
+            | Body::TxCancel { .. } => {
+                self.push_tracked(Body::Error {
+                    ack: 0,
+                    message: format!(
+                        "{} refused: this endpoint does not announce the transactions feature",
+                        ty.name()
+                    ),
+                });
+                return None;
+            }
+        };
+        let mut message = message;
+        let hook = Hook::for_message(&message, false);
+        if self.pipeline.run(hook, session, &mut message) == Verdict::Pass {
+            let _ = events.send(SessionEvent::Message(message)).await;
+        }
+        None
+    }
+
+    /// Ends the connection: for a local close, BYE then a close frame, then
+    /// waits briefly for the peer's close reply. Fails pending deliveries.
+    async fn finish(&mut self, exit: Exit) -> CloseInfo {
+        let info = match exit {
+            Exit::Peer(info) => {
+                if info.code == close::GRACEFUL && info.by_peer {
+                    // The peer said BYE: close with 4000 and its reason.
+                    self.queue.push(Item::Close {
+                        code: close::GRACEFUL,
+                        reason: info.reason.clone(),
+                    });
+                    self.linger().await;
+                }
+                info
+            }
+            Exit::Local(code, reason) => {
+                tracing::debug!(sid = self.sid, code, "closing: {reason}");
+                self.push_tracked(Body::Bye {
+                    ack: 0,
+                    reason: reason.clone(),
+                });
+                self.queue.push(Item::Close {
+                    code,
+                    reason: reason.clone(),
+                });
+                self.linger().await;
+                CloseInfo {
+                    code,
+                    reason,
+                    by_peer: false,
+                }
+            }
+        };
+        self.queue.close();
+        self.acks.close();
+        info
+    }
+
+    /// Reads until the peer's close reply or [`CLOSE_LINGER`], discarding.
+    async fn linger(&mut self) {
+        let drain = async {
+            while let Some(Ok(msg)) = self.stream.next().await {
+                if let WsMessage::Close(_) = msg {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+        // Give the writer a moment to put the close frame on the wire.
+        let _ = tokio::time::timeout(Duration::from_millis(200), &mut self.writer).await;
+    }
+}
+
+/// Builds the application's event channel.
+pub(crate) fn event_channel() -> (mpsc::Sender<SessionEvent>, SessionEvents) {
+    let (tx, rx) = mpsc::channel(EVENTS_CAPACITY);
+    (tx, SessionEvents(rx))
+}
+
+/// Completes when `shutdown` turns true; never, if its sender is gone.
+async fn shutting_down(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|down| *down).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn check_version(version: u32) -> Result<(), Exit> {
+    if version == protocol::VERSION {
+        Ok(())
+    } else {
+        Err(Exit::Local(
+            close::CLIENT_ERROR,
+            format!(
+                "unsupported protocol version {version}; this endpoint speaks version {}",
+                protocol::VERSION
+            ),
+        ))
+    }
+}
+
+fn lost(why: &str) -> CloseInfo {
+    CloseInfo {
+        code: 1006,
+        reason: why.to_string(),
+        by_peer: true,
+    }
+}
+
+fn malformed_text(e: &FrameError) -> String {
+    format!("malformed frame: {e}")
+}
+
+/// WebSocket close reasons are limited to 123 bytes; cut at a char boundary.
+fn close_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
+/// Drains the queue into the socket until the queue closes or the socket
+/// fails.
+async fn write_loop<S>(
+    mut sink: SplitSink<WebSocketStream<S>, WsMessage>,
+    queue: Arc<Queue>,
+    bytes_tx: Arc<AtomicU64>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let high_water = queue.limits().high_water_mark;
+    let mut batch = Vec::new();
+    let result: Result<(), WsError> = async {
+        while queue.pop_batch(&mut batch).await {
+            let mut unflushed = 0;
+            for item in batch.drain(..) {
+                match item {
+                    Item::Frame { bytes, .. } => {
+                        let len = bytes.len();
+                        sink.feed(WsMessage::Binary(bytes)).await?;
+                        bytes_tx.fetch_add(len as u64, Ordering::Relaxed);
+                        unflushed += len;
+                        if unflushed >= high_water {
+                            sink.flush().await?;
+                            unflushed = 0;
+                        }
+                    }
+                    Item::Close { code, reason } => {
+                        let frame = CloseFrame {
+                            code: CloseCode::from(code),
+                            reason: close_reason(&reason).into(),
+                        };
+                        sink.send(WsMessage::Close(Some(frame))).await?;
+                        return Ok(());
+                    }
+                }
+            }
+            sink.flush().await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!("writer stopped: {e}");
+    }
+    queue.close();
+}

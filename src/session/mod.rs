@@ -1,0 +1,338 @@
+//! Sessions: one task per connection, and the handle the application uses.
+//!
+//! A [`Session`] is a cheap, cloneable handle. Its methods never block: a
+//! send is queued to the session's task, which runs it through the outbound
+//! extension pipeline, gives it an ack id and queues it for the socket; the
+//! returned [`Delivery`] can be awaited until the peer acknowledged it.
+//! Everything that happens on the session reaches the application as a
+//! [`SessionEvent`] on its [`SessionEvents`] stream.
+
+mod ack;
+mod driver;
+mod queue;
+
+pub use ack::ACK_TIMEOUT;
+pub use queue::{Backpressure, DropPolicy};
+
+pub(crate) use driver::{Driver, Role, SessionConfig, event_channel};
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::extension::Message;
+use crate::protocol::close;
+
+/// Why a message was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// An extension dropped the message before it was sent.
+    #[error("dropped by an extension")]
+    DroppedByExtension,
+    /// The outgoing queue was full and the drop policy discarded it.
+    #[error("dropped by the backpressure policy")]
+    DroppedByQueue,
+    /// The payload is larger than the protocol allows (1 MiB).
+    #[error("payload exceeds the 1 MiB limit")]
+    TooLarge,
+    /// No ACK arrived within the ack timeout (2.5 s).
+    #[error("not acknowledged within 2.5 s")]
+    Timeout,
+    /// The session closed before the peer acknowledged it.
+    #[error("session closed")]
+    Closed,
+}
+
+pub(crate) type DeliveryTx = oneshot::Sender<Result<Duration, DeliveryError>>;
+
+/// The fate of one sent message. Dropping it is fine (fire and forget);
+/// awaiting [`Delivery::acked`] waits for the peer's ACK.
+#[derive(Debug)]
+pub struct Delivery(oneshot::Receiver<Result<Duration, DeliveryError>>);
+
+impl Delivery {
+    /// Waits until the peer acknowledged the message; returns the round trip.
+    pub async fn acked(self) -> Result<Duration, DeliveryError> {
+        self.0.await.unwrap_or(Err(DeliveryError::Closed))
+    }
+}
+
+/// Statistics of a session, reported on every heartbeat tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    /// Smoothed ack round-trip time in milliseconds (EWMA, alpha 0.2);
+    /// `None` before the first ACK.
+    pub rtt_ms: Option<f64>,
+    /// Bytes of CAMP frames received.
+    pub bytes_rx: u64,
+    /// Bytes of CAMP frames sent.
+    pub bytes_tx: u64,
+    /// ACK-tracked frames never acknowledged within 2.5 s.
+    pub ack_timeouts: u64,
+    /// Data frames dropped by the backpressure policy.
+    pub queue_drops: u64,
+}
+
+/// Who ended a session, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// The WebSocket close code (4000 graceful, 4001 client error, 4002
+    /// server error, 1006 when the connection just vanished).
+    pub code: u16,
+    /// The reason sent with the close or BYE.
+    pub reason: String,
+    /// Whether the peer closed (true) or this side did (false).
+    pub by_peer: bool,
+}
+
+/// Something that happened on a session.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// A message from the peer, after the inbound extension pipeline.
+    Message(Message),
+    /// The statistics, once per heartbeat interval.
+    Stats(Stats),
+    /// The session ended; no event follows.
+    Closed(CloseInfo),
+}
+
+/// The stream of a session's events.
+#[derive(Debug)]
+pub struct SessionEvents(pub(crate) mpsc::Receiver<SessionEvent>);
+
+impl SessionEvents {
+    /// The next event; `None` after [`SessionEvent::Closed`].
+    pub async fn next(&mut self) -> Option<SessionEvent> {
+        self.0.recv().await
+    }
+
+    /// The next message, skipping statistics; `None` once the session closed.
+    pub async fn next_message(&mut self) -> Option<Message> {
+        loop {
+            match self.0.recv().await? {
+                SessionEvent::Message(m) => return Some(m),
+                SessionEvent::Stats(_) => {}
+                SessionEvent::Closed(_) => return None,
+            }
+        }
+    }
+
+    /// Waits for the end of the session and says how it ended, discarding
+    /// anything before.
+    pub async fn closed(&mut self) -> Option<CloseInfo> {
+        loop {
+            if let SessionEvent::Closed(info) = self.0.recv().await? {
+                return Some(info);
+            }
+        }
+    }
+}
+
+/// A request from a handle to the session's task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Send a message through the outbound pipeline.
+    Send(Message, Option<DeliveryTx>),
+    /// Send a CAMP PING.
+    Ping,
+    /// Say BYE and close with this code.
+    Close(u16, String),
+}
+
+/// What a [`Session::detached`] session was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Send this message.
+    Message(Message),
+    /// Send a CAMP PING.
+    Ping,
+    /// Close with this code and reason.
+    Close {
+        /// The close code.
+        code: u16,
+        /// The reason.
+        reason: String,
+    },
+}
+
+/// The receiving end of a [`Session::detached`] session.
+#[derive(Debug)]
+pub struct Outbox(mpsc::UnboundedReceiver<Command>);
+
+impl Outbox {
+    /// The next request, if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Outgoing> {
+        self.0.try_recv().ok().map(|c| match c {
+            Command::Send(m, _) => Outgoing::Message(m),
+            Command::Ping => Outgoing::Ping,
+            Command::Close(code, reason) => Outgoing::Close { code, reason },
+        })
+    }
+}
+
+/// State shared by the handles and the session's task.
+#[derive(Debug)]
+struct Shared {
+    /// The session id chosen by the client.
+    id: u64,
+    /// The peer's address, when the session runs over a socket.
+    remote: Option<SocketAddr>,
+    /// The peer's announced feature flags.
+    peer_features: AtomicU64,
+    /// The per-session key/value store (the reference's `Set`/`Get`); also
+    /// where plugins keep per-session state across hot reloads.
+    store: Mutex<HashMap<String, String>>,
+    /// Requests to the session's task.
+    commands: mpsc::UnboundedSender<Command>,
+    /// Set once the session ended.
+    closed: AtomicBool,
+    /// Latest statistics, updated by the task.
+    stats: Mutex<Stats>,
+}
+
+/// A handle to a session. Cheap to clone; every clone is the same session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+}
+
+impl PartialEq for Session {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        id: u64,
+        remote: Option<SocketAddr>,
+        peer_features: u64,
+    ) -> (Session, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Shared {
+            id,
+            remote,
+            peer_features: AtomicU64::new(peer_features),
+            store: Mutex::default(),
+            commands: tx,
+            closed: AtomicBool::new(false),
+            stats: Mutex::default(),
+        };
+        (
+            Session {
+                shared: Arc::new(shared),
+            },
+            rx,
+        )
+    }
+
+    /// A session with no connection: what it is asked to send or close
+    /// shows up in the [`Outbox`]. For testing extensions.
+    pub fn detached(id: u64) -> (Session, Outbox) {
+        let (session, rx) = Session::new(id, None, 0);
+        (session, Outbox(rx))
+    }
+
+    /// The session id (`x-camp-sid`).
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The peer's address.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.shared.remote
+    }
+
+    /// The feature flags the peer announced in its ENDPOINT_INFO.
+    pub fn peer_features(&self) -> u64 {
+        self.shared.peer_features.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_peer_features(&self, flags: u64) {
+        self.shared.peer_features.store(flags, Ordering::Relaxed);
+    }
+
+    /// The value stored under `key`.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.store().get(key).cloned()
+    }
+
+    /// Stores `value` under `key` for the lifetime of the session.
+    pub fn set(&self, key: impl Into<String>, value: impl Into<String>) {
+        self.store().insert(key.into(), value.into());
+    }
+
+    /// Removes and returns the value under `key`.
+    pub fn remove(&self, key: &str) -> Option<String> {
+        self.store().remove(key)
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.shared.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, message: Message) -> Delivery {
+        let (tx, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Command::Send(_, Some(tx)))) =
+            self.shared.commands.send(Command::Send(message, Some(tx)))
+        {
+            let _ = tx.send(Err(DeliveryError::Closed));
+        }
+        Delivery(rx)
+    }
+
+    /// Sends a UTF-8 message (through the outbound extension pipeline).
+    pub fn send_utf8(&self, text: impl Into<String>) -> Delivery {
+        self.send(Message::Utf8(text.into()))
+    }
+
+    /// Sends a binary message (through the outbound extension pipeline).
+    pub fn send_binary(&self, bytes: impl Into<Vec<u8>>) -> Delivery {
+        self.send(Message::Binary(bytes.into()))
+    }
+
+    /// Sends an ERROR frame (through the outbound extension pipeline).
+    pub fn send_error(&self, message: impl Into<String>) -> Delivery {
+        self.send(Message::Error(message.into()))
+    }
+
+    /// Sends a CAMP PING; the peer answers PONG.
+    pub fn ping(&self) {
+        let _ = self.shared.commands.send(Command::Ping);
+    }
+
+    /// Says BYE with `reason`, then closes the connection with 4000.
+    pub fn close(&self, reason: impl Into<String>) {
+        self.close_with(close::GRACEFUL, reason.into());
+    }
+
+    /// Says BYE, then closes with `code` (4000, 4001 or 4002).
+    pub(crate) fn close_with(&self, code: u16, reason: impl Into<String>) {
+        let _ = self
+            .shared
+            .commands
+            .send(Command::Close(code, reason.into()));
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_closed(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
+
+    /// The latest statistics.
+    pub fn stats(&self) -> Stats {
+        *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_stats(&self, stats: Stats) {
+        *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+    }
+}

@@ -1,0 +1,341 @@
+//! The per-session outgoing queue and its backpressure policy.
+//!
+//! The session task pushes encoded frames; a writer task drains them into
+//! the WebSocket. When the peer reads slower than we send, frames pile up
+//! here, and the caps of [`Backpressure`] decide what happens: data frames
+//! (UTF-8, binary, error) are dropped by the [`DropPolicy`]; protocol frames
+//! (ACK, PING, BYE, handshake) are never dropped; transaction frames are
+//! never dropped and their senders wait for room instead.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::protocol::FrameType;
+
+/// What to drop when the queue is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DropPolicy {
+    /// Drop the oldest queued data frames to make room for the new one.
+    #[default]
+    DropOldest,
+    /// Keep what is queued; drop the new frame.
+    DropNewest,
+    /// The newest message of a kind supersedes queued ones of the same kind
+    /// (UTF-8, binary or error): drop queued messages of the new one's kind,
+    /// oldest first, to make room; if there are none, drop the new one.
+    DedupeLatest,
+}
+
+/// Backpressure settings of a session's outgoing queue.
+///
+/// The defaults are the reference server's. The reference applies its water
+/// marks to Node's socket buffer; here the writer task plays that part: it
+/// takes at most `low_water_mark` bytes from the queue at a time, and hands
+/// the socket at most `high_water_mark` bytes before it waits for them to be
+/// flushed. The queue caps are exactly the reference's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, rename_all = "snake_case", deny_unknown_fields)]
+pub struct Backpressure {
+    /// Most bytes handed to the socket before the writer waits for a flush.
+    pub high_water_mark: usize,
+    /// Most bytes the writer takes from the queue at once.
+    pub low_water_mark: usize,
+    /// Most bytes of frames waiting in the queue.
+    pub max_queued_bytes: usize,
+    /// Most frames waiting in the queue.
+    pub max_queue_count: usize,
+    /// What goes when the queue is full.
+    pub drop_policy: DropPolicy,
+}
+
+impl Default for Backpressure {
+    fn default() -> Self {
+        Backpressure {
+            high_water_mark: 16 * 1024 * 1024,
+            low_water_mark: 1024 * 1024,
+            max_queued_bytes: 8 * 1024 * 1024,
+            max_queue_count: 1024,
+            drop_policy: DropPolicy::DropOldest,
+        }
+    }
+}
+
+impl Backpressure {
+    /// The reference's named profiles: `default`, `optimize_latency` (small
+    /// buffers, newest data wins) and `optimize_memory` (small caps).
+    pub fn profile(name: &str) -> Option<Backpressure> {
+        let d = Backpressure::default();
+        match name {
+            "default" => Some(d),
+            "optimize_latency" => Some(Backpressure {
+                high_water_mark: 1024 * 1024,
+                low_water_mark: 256 * 1024,
+                max_queued_bytes: 2 * 1024 * 1024,
+                max_queue_count: 256,
+                drop_policy: DropPolicy::DedupeLatest,
+            }),
+            "optimize_memory" => Some(Backpressure {
+                high_water_mark: 2 * 1024 * 1024,
+                low_water_mark: 256 * 1024,
+                max_queued_bytes: 1024 * 1024,
+                max_queue_count: 128,
+                drop_policy: DropPolicy::DropOldest,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Checks that the values make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.low_water_mark > self.high_water_mark {
+            return Err("low_water_mark must not exceed high_water_mark".into());
+        }
+        if self.max_queue_count == 0 || self.max_queued_bytes == 0 {
+            return Err("max_queue_count and max_queued_bytes must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// How the queue treats a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Protocol frames: never dropped, always admitted.
+    Control,
+    /// Application messages: dropped by the policy when the queue is full.
+    Data,
+    /// Transaction frames: never dropped; the sender waits for room.
+    Transaction,
+}
+
+/// One thing for the writer to do.
+pub(crate) enum Item {
+    /// Send this encoded frame.
+    Frame {
+        /// The encoded frame.
+        bytes: Bytes,
+        /// Its frame type (for dedupe and metrics).
+        ty: FrameType,
+        /// Its class.
+        class: Class,
+        /// Its ack id, if tracked, so a drop can resolve the sender.
+        ack: Option<u32>,
+    },
+    /// Send a WebSocket close frame and stop.
+    Close {
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        match self {
+            Item::Frame { bytes, .. } => bytes.len(),
+            Item::Close { .. } => 0,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    items: VecDeque<Item>,
+    bytes: usize,
+    closed: bool,
+    drops: u64,
+}
+
+/// The queue shared by a session's task (producer) and its writer
+/// (consumer).
+pub(crate) struct Queue {
+    limits: Backpressure,
+    state: Mutex<State>,
+    /// Wakes the writer when something was queued.
+    readable: Notify,
+    /// Wakes transaction senders when the writer made room.
+    room: Notify,
+    /// Wakes whoever waits for the queue to close.
+    gone: Notify,
+}
+
+/// What a push did.
+pub(crate) enum Pushed {
+    /// Queued; these ack ids were dropped to make room.
+    Queued(Vec<u32>),
+    /// The new frame itself was dropped (its ack id, if any).
+    Dropped(Option<u32>),
+    /// The queue is closed (the writer stopped).
+    Closed,
+}
+
+impl Queue {
+    pub(crate) fn new(limits: Backpressure) -> Queue {
+        Queue {
+            limits,
+            state: Mutex::new(State::default()),
+            readable: Notify::new(),
+            room: Notify::new(),
+            gone: Notify::new(),
+        }
+    }
+
+    pub(crate) fn limits(&self) -> &Backpressure {
+        &self.limits
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn full(&self, s: &State, extra: usize) -> bool {
+        s.items.len() + 1 > self.limits.max_queue_count
+            || s.bytes + extra > self.limits.max_queued_bytes
+    }
+
+    /// Queues a control or data frame without waiting, applying the drop
+    /// policy to data frames.
+    pub(crate) fn push(&self, item: Item) -> Pushed {
+        let mut s = self.lock();
+        if s.closed {
+            return Pushed::Closed;
+        }
+        let len = item.len();
+        let mut dropped = Vec::new();
+        if let Item::Frame {
+            class: Class::Data,
+            ty,
+            ack,
+            ..
+        } = &item
+            && self.full(&s, len)
+        {
+            let evictable = |i: &Item, same_kind_only: bool| match i {
+                Item::Frame {
+                    class: Class::Data,
+                    ty: t,
+                    ..
+                } => !same_kind_only || t == ty,
+                _ => false,
+            };
+            let same_kind_only = match self.limits.drop_policy {
+                DropPolicy::DropNewest => {
+                    s.drops += 1;
+                    return Pushed::Dropped(*ack);
+                }
+                DropPolicy::DropOldest => false,
+                DropPolicy::DedupeLatest => true,
+            };
+            while self.full(&s, len) {
+                let Some(pos) = s.items.iter().position(|i| evictable(i, same_kind_only)) else {
+                    break;
+                };
+                let old = s.items.remove(pos).expect("position is valid");
+                s.bytes -= old.len();
+                s.drops += 1;
+                if let Item::Frame { ack: Some(a), .. } = old {
+                    dropped.push(a);
+                }
+            }
+            if self.full(&s, len) {
+                // Nothing left to evict (the queue holds only frames that
+                // must not be dropped): the new data frame goes.
+                s.drops += 1;
+                return Pushed::Dropped(*ack);
+            }
+        }
+        s.bytes += len;
+        s.items.push_back(item);
+        drop(s);
+        self.readable.notify_one();
+        Pushed::Queued(dropped)
+    }
+
+    /// Queues a transaction frame, waiting until there is room for it.
+    pub(crate) async fn push_wait(&self, item: Item) -> Result<(), ()> {
+        let len = item.len();
+        loop {
+            let notified = self.room.notified();
+            {
+                let mut s = self.lock();
+                if s.closed {
+                    return Err(());
+                }
+                if !self.full(&s, len) || s.items.is_empty() {
+                    s.bytes += len;
+                    s.items.push_back(item);
+                    drop(s);
+                    self.readable.notify_one();
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes queued items (at least one, at most about `low_water_mark`
+    /// bytes), waiting if the queue is empty. False once the queue is closed
+    /// and empty.
+    pub(crate) async fn pop_batch(&self, into: &mut Vec<Item>) -> bool {
+        loop {
+            let notified = self.readable.notified();
+            {
+                let mut s = self.lock();
+                if !s.items.is_empty() {
+                    let mut taken = 0;
+                    while let Some(item) = s.items.front() {
+                        if taken > 0 && taken + item.len() > self.limits.low_water_mark {
+                            break;
+                        }
+                        taken += item.len();
+                        into.push(s.items.pop_front().expect("front exists"));
+                    }
+                    s.bytes -= taken;
+                    drop(s);
+                    self.room.notify_waiters();
+                    return true;
+                }
+                if s.closed {
+                    return false;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops the queue: pushes fail from now on, waiting senders give up.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.readable.notify_one();
+        self.room.notify_waiters();
+        self.gone.notify_waiters();
+    }
+
+    /// Waits until the queue is closed (the writer stopped or the session
+    /// ended).
+    pub(crate) async fn closed(&self) {
+        loop {
+            let notified = self.gone.notified();
+            if self.lock().closed {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Frames dropped by the policy so far.
+    pub(crate) fn drops(&self) -> u64 {
+        self.lock().drops
+    }
+
+    /// Bytes and frames waiting now.
+    pub(crate) fn depth(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.bytes, s.items.len())
+    }
+}

@@ -49,7 +49,8 @@ const SCRUB: [&str; 10] = [
 ];
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     for dir in ["wit", "plugins", "tests/guests"] {
         println!("cargo:rerun-if-changed={dir}");
     }
@@ -75,14 +76,20 @@ fn main() {
         let built = artifact(&artifacts, name);
         let dest = plugins_dir.join(format!("{name}.wasm"));
         copy_if_changed(&built, &dest);
-        let example_config = manifest_dir.join("plugins").join(name).join(format!("{name}.toml"));
+        let example_config = manifest_dir
+            .join("plugins")
+            .join(name)
+            .join(format!("{name}.toml"));
         if example_config.exists() {
             copy_if_changed(&example_config, &plugins_dir.join(format!("{name}.toml")));
         }
         println!("cargo:rustc-env={constant}={}", built.display());
     }
     for (name, constant) in GUESTS {
-        println!("cargo:rustc-env={constant}={}", artifact(&artifacts, name).display());
+        println!(
+            "cargo:rustc-env={constant}={}",
+            artifact(&artifacts, name).display()
+        );
     }
     println!("cargo:rustc-env=CAMP_PLUGINS_DIR={}", plugins_dir.display());
 }
@@ -90,7 +97,11 @@ fn main() {
 /// The `.wasm` a guest crate builds to (cargo turns `-` into `_`).
 fn artifact(dir: &Path, crate_name: &str) -> PathBuf {
     let path = dir.join(format!("{}.wasm", crate_name.replace('-', "_")));
-    assert!(path.exists(), "guest build did not produce {}", path.display());
+    assert!(
+        path.exists(),
+        "guest build did not produce {}",
+        path.display()
+    );
     path
 }
 
@@ -149,7 +160,10 @@ fn build_workspace(workspace: &Path, target_dir: &Path) {
         .status()
         .unwrap_or_else(|e| panic!("failed to run cargo for {}: {e}", workspace.display()));
     if !status.success() {
-        panic!("building the guest workspace {} failed ({status})", workspace.display());
+        panic!(
+            "building the guest workspace {} failed ({status})",
+            workspace.display()
+        );
     }
 }
 

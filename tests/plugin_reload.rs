@@ -89,6 +89,9 @@ fn write_by_symlink_swap(dir: &Path, name: &str, data: &[u8], generation: u64) {
 /// once the plugin was removed).
 type Seen = Vec<Option<u64>>;
 
+/// A named way of breaking the plugin's files.
+type Breakage<'a> = (&'a str, Box<dyn Fn()>);
+
 /// Sessions sending through the pipeline on their own threads.
 struct Senders {
     /// Tells them to stop.
@@ -210,7 +213,7 @@ fn replace_twenty_times_and_remove_while_sessions_send() {
     // Broken replacements: each is refused and version 20 keeps serving.
     let serving = loaded_hash(&plugins).unwrap();
     let errors_before = status(&plugins, "probe").unwrap().load_errors;
-    let broken: [(&str, Box<dyn Fn()>); 3] = [
+    let broken: [Breakage; 3] = [
         ("a refusing configuration", {
             let dir = dir.to_path_buf();
             Box::new(move || {

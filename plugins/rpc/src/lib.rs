@@ -50,7 +50,9 @@ fn string_param(params: &Value, index: usize, name: &str) -> Result<String, RpcE
     };
     match value {
         Some(Value::String(s)) => Ok(s.clone()),
-        _ => Err(RpcError::params(format!("missing string parameter {name:?}"))),
+        _ => Err(RpcError::params(format!(
+            "missing string parameter {name:?}"
+        ))),
     }
 }
 
@@ -120,7 +122,11 @@ fn handle(session: &Session, request: &Map<String, Value>, method: &str) -> Opti
     if id.is_none() && result.is_ok() {
         return None;
     }
-    let id = if id_valid { id.unwrap_or(Value::Null) } else { Value::Null };
+    let id = if id_valid {
+        id.unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
     Some(match result {
         Ok(value) => json!({"jsonrpc": "2.0", "id": id, "result": value}),
         Err(e) => json!({

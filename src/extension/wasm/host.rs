@@ -82,22 +82,13 @@ pub enum LoadError {
 }
 
 /// Settings of the plugin host.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct HostOptions {
     /// Where compiled artifacts are cached across restarts (`None`: memory
     /// only). Must be private to the server: its files are native code.
     pub cache_dir: Option<PathBuf>,
     /// Settings for plugins whose `NAME.toml` does not set them.
     pub defaults: PluginConfig,
-}
-
-impl Default for HostOptions {
-    fn default() -> HostOptions {
-        HostOptions {
-            cache_dir: None,
-            defaults: PluginConfig::default(),
-        }
-    }
 }
 
 /// Timings of one load, for logs and the admin view.

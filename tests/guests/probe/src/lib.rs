@@ -121,7 +121,10 @@ fn markers(session: &Session, text: &str, error_kind: bool) -> Option<Action> {
         return wrap(format!("set:{k}"));
     }
     if let Some(k) = text.strip_prefix("GET:") {
-        return wrap(format!("got:{}", session.get(k).unwrap_or_else(|| "<none>".into())));
+        return wrap(format!(
+            "got:{}",
+            session.get(k).unwrap_or_else(|| "<none>".into())
+        ));
     }
     if let Some(name) = text.strip_prefix("ENV:") {
         return wrap(std::env::var(name).unwrap_or_else(|_| "<unset>".into()));
@@ -175,10 +178,10 @@ fn text_hook(session: &Session, mut text: String, error_kind: bool) -> Action {
 fn binary_hook(mut data: Vec<u8>) -> Action {
     CONFIG.with(|c| {
         let c = c.borrow();
-        if let Some(m) = &c.drop_marker {
-            if data.windows(m.len().max(1)).any(|w| w == m.as_bytes()) {
-                return Action::Drop;
-            }
+        if let Some(m) = &c.drop_marker
+            && data.windows(m.len().max(1)).any(|w| w == m.as_bytes())
+        {
+            return Action::Drop;
         }
         match &c.tag {
             Some(tag) => {

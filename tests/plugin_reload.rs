@@ -5,85 +5,16 @@
 
 mod plugin_support;
 
-use std::io::Write;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use camp_server::extension::wasm::{
-    CacheOutcome, DirOptions, HostOptions, PluginDir, PluginHost, PluginStatus, content_hash,
+    CacheOutcome, HostOptions, PluginDir, PluginHost, content_hash,
 };
 use camp_server::extension::{Hook, Message, Pipeline, Verdict};
 use camp_server::session::Session;
 use plugin_support::*;
-
-/// Fast timings so the test does not wait long.
-fn options() -> DirOptions {
-    DirOptions {
-        debounce: Duration::from_millis(20),
-        settle: Duration::from_millis(50),
-        rescan_interval: Duration::from_millis(300),
-    }
-}
-
-/// Polls `cond` until it holds (panics after 30 s with `what`).
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// The status of plugin `name` in `dir`.
-fn status(dir: &PluginDir, name: &str) -> Option<PluginStatus> {
-    dir.status().into_iter().find(|s| s.name == name)
-}
-
-/// Writes `data` to `path` the way most tools do: a temporary file, then
-/// an atomic rename.
-fn write_by_rename(path: &Path, data: &[u8]) {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().unwrap().to_string_lossy()
-    ));
-    std::fs::write(&tmp, data).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// Overwrites `path` in place in several slow chunks, like `cp` of a large
-/// file: the watcher sees a truncated, then partial, then whole file.
-fn write_in_place(path: &Path, data: &[u8]) {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .unwrap();
-    for chunk in data.chunks(data.len() / 4 + 1) {
-        file.write_all(chunk).unwrap();
-        file.flush().unwrap();
-        std::thread::sleep(Duration::from_millis(15));
-    }
-}
-
-/// Publishes `data` as `name` through a Kubernetes ConfigMap-style swap:
-/// files live in a timestamped folder, `..data` points at it, and `name`
-/// points into `..data`; an update swaps `..data` atomically.
-fn write_by_symlink_swap(dir: &Path, name: &str, data: &[u8], generation: u64) {
-    let folder = format!("..gen_{generation}");
-    std::fs::create_dir(dir.join(&folder)).unwrap();
-    std::fs::write(dir.join(&folder).join(name), data).unwrap();
-    let tmp = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(&folder, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    let link = dir.join(name);
-    if !link.is_symlink() {
-        let tmp_link = dir.join(format!(".{name}.link"));
-        std::os::unix::fs::symlink(format!("..data/{name}"), &tmp_link).unwrap();
-        std::fs::rename(&tmp_link, &link).unwrap();
-    }
-}
 
 /// What one sender saw: the version stamp of each message in order (`None`
 /// once the plugin was removed).
@@ -171,9 +102,6 @@ impl Senders {
             .collect()
     }
 }
-
-/// The probe configuration of the reload tests: stamp every message.
-const STAMPING: &str = "config = '{\"stamp\": true, \"hooks\": [\"on-receive-utf8\"]}'\ndeadline_ms = 5000\nmax_instances = 8\n";
 
 #[test]
 fn replace_twenty_times_and_remove_while_sessions_send() {

@@ -4,10 +4,15 @@
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use camp_server::extension::wasm::{HostOptions, LoadError, PluginConfig, PluginHost, WasmPlugin};
+use camp_server::extension::wasm::{
+    DirOptions, HostOptions, LoadError, PluginConfig, PluginDir, PluginHost, PluginStatus,
+    WasmPlugin,
+};
 use camp_server::extension::{Extension, Hook, HookError, Message, Verdict};
 use camp_server::session::Session;
 
@@ -127,3 +132,74 @@ impl std::io::Write for LogCapture {
         Ok(())
     }
 }
+
+/// Fast timings so the test does not wait long.
+pub fn options() -> DirOptions {
+    DirOptions {
+        debounce: Duration::from_millis(20),
+        settle: Duration::from_millis(50),
+        rescan_interval: Duration::from_millis(300),
+    }
+}
+
+/// Polls `cond` until it holds (panics after 30 s with `what`).
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The status of plugin `name` in `dir`.
+pub fn status(dir: &PluginDir, name: &str) -> Option<PluginStatus> {
+    dir.status().into_iter().find(|s| s.name == name)
+}
+
+/// Writes `data` to `path` the way most tools do: a temporary file, then
+/// an atomic rename.
+pub fn write_by_rename(path: &Path, data: &[u8]) {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Overwrites `path` in place in several slow chunks, like `cp` of a large
+/// file: the watcher sees a truncated, then partial, then whole file.
+pub fn write_in_place(path: &Path, data: &[u8]) {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    for chunk in data.chunks(data.len() / 4 + 1) {
+        file.write_all(chunk).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(15));
+    }
+}
+
+/// Publishes `data` as `name` through a Kubernetes ConfigMap-style swap:
+/// files live in a timestamped folder, `..data` points at it, and `name`
+/// points into `..data`; an update swaps `..data` atomically.
+pub fn write_by_symlink_swap(dir: &Path, name: &str, data: &[u8], generation: u64) {
+    let folder = format!("..gen_{generation}");
+    std::fs::create_dir(dir.join(&folder)).unwrap();
+    std::fs::write(dir.join(&folder).join(name), data).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(&folder, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join(name);
+    if !link.is_symlink() {
+        let tmp_link = dir.join(format!(".{name}.link"));
+        std::os::unix::fs::symlink(format!("..data/{name}"), &tmp_link).unwrap();
+        std::fs::rename(&tmp_link, &link).unwrap();
+    }
+}
+
+/// The probe configuration of the reload tests: stamp every received
+/// UTF-8 message with the version.
+pub const STAMPING: &str = "config = '{\"stamp\": true, \"hooks\": [\"on-receive-utf8\"]}'\ndeadline_ms = 5000\nmax_instances = 8\n";

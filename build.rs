@@ -9,7 +9,8 @@
 //!   the folder the README's run command uses;
 //! - compile-time env constants for the tests: `CAMP_PLUGIN_LOGGER`,
 //!   `CAMP_PLUGIN_FILTER`, `CAMP_PLUGIN_RPC`, `CAMP_GUEST_PROBE`,
-//!   `CAMP_GUEST_WRONG_EXPORTS` (absolute `.wasm` paths) and
+//!   `CAMP_GUEST_WRONG_EXPORTS`, `CAMP_GUEST_PASSTHROUGH` (absolute `.wasm`
+//!   paths) and
 //!   `CAMP_PLUGINS_DIR`.
 
 use std::env;
@@ -28,9 +29,10 @@ const PLUGINS: [(&str, &str); 3] = [
 ];
 
 /// Test guests: (crate, env constant).
-const GUESTS: [(&str, &str); 2] = [
+const GUESTS: [(&str, &str); 3] = [
     ("probe", "CAMP_GUEST_PROBE"),
     ("wrong-exports", "CAMP_GUEST_WRONG_EXPORTS"),
+    ("passthrough", "CAMP_GUEST_PASSTHROUGH"),
 ];
 
 /// Environment variables of the outer build that must not leak into the

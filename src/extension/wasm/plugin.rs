@@ -77,6 +77,9 @@ struct Pool {
     idle: Vec<Instance>,
     /// Instances in existence (idle + checked out + being made).
     live: usize,
+    /// Callers waiting for an instance (so returning one only signals the
+    /// condition variable, a system call, when someone waits).
+    waiting: usize,
 }
 
 /// Failure bookkeeping for back-off.
@@ -121,6 +124,9 @@ pub struct WasmPlugin {
     returned: Condvar,
     /// Back-off state.
     health: Mutex<Health>,
+    /// Whether the last call failed (a lock-free fast path for the common,
+    /// healthy case).
+    failing: AtomicBool,
     /// Set once the plugin was unregistered: returned instances retire.
     retired: AtomicBool,
     /// Instances discarded after a failure (for the admin view and tests).
@@ -205,9 +211,11 @@ impl WasmPlugin {
             pool: Mutex::new(Pool {
                 idle: Vec::new(),
                 live: 0,
+                waiting: 0,
             }),
             returned: Condvar::new(),
             health: Mutex::new(Health::default()),
+            failing: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             discarded: AtomicU64::new(0),
             _host: host,
@@ -312,6 +320,9 @@ impl WasmPlugin {
 
     /// Fails fast while backing off.
     fn check_backoff(&self) -> Result<(), HookError> {
+        if !self.failing.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let health = lock(&self.health);
         match health.backoff_until {
             Some(until) if Instant::now() < until => Err(HookError::Unavailable(format!(
@@ -325,6 +336,7 @@ impl WasmPlugin {
     /// Records a failed call; starts or extends the back-off.
     fn record_failure(&self, hook: &str, err: &HookError) {
         let mut health = lock(&self.health);
+        self.failing.store(true, Ordering::Release);
         health.consecutive += 1;
         if health.consecutive >= BACKOFF_AFTER {
             let exp = (health.consecutive - BACKOFF_AFTER).min(16);
@@ -341,9 +353,10 @@ impl WasmPlugin {
 
     /// Records a successful call: the back-off ends.
     fn record_success(&self) {
-        let mut health = lock(&self.health);
-        if health.consecutive != 0 {
+        if self.failing.load(Ordering::Acquire) {
+            let mut health = lock(&self.health);
             *health = Health::default();
+            self.failing.store(false, Ordering::Release);
         }
     }
 
@@ -360,8 +373,7 @@ impl WasmPlugin {
                 pool.live += 1;
                 drop(pool);
                 return self.instantiate().map_err(|e| {
-                    lock(&self.pool).live -= 1;
-                    self.returned.notify_one();
+                    self.release_slot(lock(&self.pool));
                     HookError::Unavailable(format!("cannot create an instance: {e}"))
                 });
             }
@@ -372,11 +384,22 @@ impl WasmPlugin {
                     self.meta.config.max_instances
                 )));
             }
+            pool.waiting += 1;
             pool = self
                 .returned
                 .wait_timeout(pool, wait_until - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            pool.waiting -= 1;
+        }
+    }
+
+    /// Forgets one instance (discarded or retired) and wakes a waiter, who
+    /// may now make a new one.
+    fn release_slot(&self, mut pool: MutexGuard<'_, Pool>) {
+        pool.live -= 1;
+        if pool.waiting > 0 {
+            self.returned.notify_one();
         }
     }
 
@@ -384,18 +407,20 @@ impl WasmPlugin {
     fn checkin(&self, mut instance: Instance) {
         if self.retired.load(Ordering::Acquire) {
             self.retire(&mut instance);
-            lock(&self.pool).live -= 1;
+            self.release_slot(lock(&self.pool));
         } else {
-            lock(&self.pool).idle.push(instance);
+            let mut pool = lock(&self.pool);
+            pool.idle.push(instance);
+            if pool.waiting > 0 {
+                self.returned.notify_one();
+            }
         }
-        self.returned.notify_one();
     }
 
     /// Drops a broken instance; a new one is made on demand.
     fn discard(&self, hook: &str, err: &HookError) {
         self.discarded.fetch_add(1, Ordering::Relaxed);
-        lock(&self.pool).live -= 1;
-        self.returned.notify_one();
+        self.release_slot(lock(&self.pool));
         tracing::warn!(
             plugin = &*self.name,
             hook,

@@ -254,3 +254,40 @@ fn other_sessions_keep_flowing_while_a_plugin_misbehaves() {
         .unwrap();
     assert!(hostile.stats.failure_count() > 0);
 }
+
+#[test]
+fn max_instances_caps_concurrent_calls_and_waiters_get_the_next_free_one() {
+    let plugin = probe("single", "{}", "deadline_ms = 300\nmax_instances = 1");
+    let busy = {
+        let plugin = plugin.clone();
+        std::thread::spawn(move || {
+            let (session, _outbox) = Session::detached(1);
+            call(
+                &*plugin,
+                Hook::OnReceiveUtf8,
+                &session,
+                Message::Utf8("LOOP".into()),
+            )
+            .0
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(plugin.live_instances(), 1);
+    // The only instance is looping: this call waits for it to be freed
+    // (discarded after its timeout), then runs on a fresh instance.
+    let (session, _outbox) = Session::detached(2);
+    let started = Instant::now();
+    let (result, _) = call(
+        &*plugin,
+        Hook::OnReceiveUtf8,
+        &session,
+        Message::Utf8("next".into()),
+    );
+    assert_eq!(result, Ok(Verdict::Pass));
+    assert!(started.elapsed() >= Duration::from_millis(150), "it waited");
+    assert_eq!(
+        busy.join().unwrap(),
+        Err(HookError::Timeout(Duration::from_millis(300)))
+    );
+    assert_eq!(plugin.live_instances(), 1, "never more than one instance");
+}

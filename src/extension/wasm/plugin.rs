@@ -60,15 +60,18 @@ pub enum InstanceError {
     Refused(String),
 }
 
-/// One instance of the plugin: its store, its exports, and the slot
-/// through which hooks see the session.
+/// One instance of the plugin: its store and its exports.
 struct Instance {
-    /// The store (its data holds the WASI context and limits).
+    /// The store (its data holds the WASI context, limits and the session
+    /// of the call in progress).
     store: Store<InstanceState>,
     /// Typed exports.
     bindings: Bindings,
-    /// The session slot handed to every hook as `borrow<session>`.
-    slot: Resource<SessionSlot>,
+}
+
+/// The `borrow<session>` handed to hooks (see [`SessionSlot`]).
+fn session_handle() -> Resource<SessionSlot> {
+    Resource::new_borrow(0)
 }
 
 /// Idle instances and how many exist.
@@ -276,6 +279,7 @@ impl WasmPlugin {
         let state = InstanceState {
             plugin: self.name.clone(),
             table: ResourceTable::new(),
+            current: None,
             wasi: self.wasi()?,
             limiter: Limiter::new(self.meta.config.memory_limit_bytes),
         };
@@ -286,16 +290,7 @@ impl WasmPlugin {
             .pre
             .instantiate(&mut store)
             .map_err(|e| InstanceError::Instantiate(format!("{e:#}")))?;
-        let slot = store
-            .data_mut()
-            .table
-            .push(SessionSlot::default())
-            .map_err(|e| InstanceError::Instantiate(e.to_string()))?;
-        let mut instance = Instance {
-            store,
-            bindings,
-            slot,
-        };
+        let mut instance = Instance { store, bindings };
         let config = self.meta.config.config.clone();
         self.lifecycle(&mut instance, "on-register", |b, s| {
             b.call_on_register(s, &config)
@@ -435,8 +430,8 @@ impl WasmPlugin {
         }
     }
 
-    /// Runs one hook on `instance`: fills the session slot, lowers the
-    /// message, calls, empties the slot and applies the action.
+    /// Runs one hook on `instance`: sets the call's session, lowers the
+    /// message, calls, clears the session and applies the action.
     fn run_hook(
         &self,
         instance: &mut Instance,
@@ -445,17 +440,10 @@ impl WasmPlugin {
         message: &mut Message,
     ) -> Result<Verdict, HookError> {
         let config = &self.meta.config;
-        let Instance {
-            store,
-            bindings,
-            slot,
-        } = instance;
+        let Instance { store, bindings } = instance;
         store.set_epoch_deadline(self.deadline_ticks);
-        let slot_rep = slot.rep();
-        if let Ok(s) = store.data_mut().table.get_mut(slot) {
-            s.0 = Some(session.clone());
-        }
-        let borrow = Resource::<SessionSlot>::new_borrow(slot_rep);
+        store.data_mut().current = Some(session.clone());
+        let borrow = session_handle();
         let result = match (hook, &*message) {
             (Hook::BeforeSendUtf8, Message::Utf8(t)) => {
                 bindings.call_before_send_utf8(&mut *store, borrow, t)
@@ -476,6 +464,7 @@ impl WasmPlugin {
                 bindings.call_on_receive_error(&mut *store, borrow, t)
             }
             _ => {
+                store.data_mut().current = None;
                 return Err(HookError::Invalid(format!(
                     "{} message given to the {} hook",
                     message.kind(),
@@ -483,9 +472,7 @@ impl WasmPlugin {
                 )));
             }
         };
-        if let Ok(s) = store.data_mut().table.get_mut(slot) {
-            s.0 = None;
-        }
+        store.data_mut().current = None;
         let action = result
             .map_err(|e| instance.classify(e, config.deadline(), config.memory_limit_bytes))?;
         apply(action, message)
@@ -621,14 +608,9 @@ impl WasmPlugin {
             }
         };
         instance.store.set_epoch_deadline(self.deadline_ticks);
-        let slot = Resource::<SessionSlot>::new_borrow(instance.slot.rep());
-        if let Ok(s) = instance.store.data_mut().table.get_mut(&instance.slot) {
-            s.0 = Some(session.clone());
-        }
-        let result = f(&instance.bindings, &mut instance.store, slot);
-        if let Ok(s) = instance.store.data_mut().table.get_mut(&instance.slot) {
-            s.0 = None;
-        }
+        instance.store.data_mut().current = Some(session.clone());
+        let result = f(&instance.bindings, &mut instance.store, session_handle());
+        instance.store.data_mut().current = None;
         match result {
             Ok(()) => self.checkin(instance),
             Err(e) => {

@@ -12,11 +12,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::camp::extension::{host, types};
 use crate::session::Session;
 
-/// The host side of the WIT `session` resource: the session of the hook
-/// call in progress. An instance keeps one slot for its whole life and the
-/// host fills it for the duration of each call, so a call allocates nothing.
-#[derive(Default)]
-pub struct SessionSlot(pub(crate) Option<Session>);
+/// The host side of the WIT `session` resource. Hooks only ever get a
+/// borrow, valid for the duration of the call, of "the session of this
+/// call", so the handle carries nothing: the session itself sits in
+/// [`InstanceState`] while the call runs. That makes a call free of
+/// resource-table work and allocation.
+pub struct SessionSlot;
 
 /// A [`StoreLimits`] that also remembers whether a memory growth was
 /// refused, so a trap that follows can be reported as
@@ -69,8 +70,10 @@ impl ResourceLimiter for Limiter {
 pub struct InstanceState {
     /// The plugin's name, for log lines written by the guest.
     pub(crate) plugin: Arc<str>,
-    /// Resources handed to the guest (the session slot, WASI handles).
+    /// Resources handed to the guest (WASI handles).
     pub(crate) table: ResourceTable,
+    /// The session of the hook call in progress (`None` between calls).
+    pub(crate) current: Option<Session>,
     /// The WASI context: empty unless the configuration grants capabilities.
     pub(crate) wasi: WasiCtx,
     /// Memory cap.
@@ -87,12 +90,10 @@ impl WasiView for InstanceState {
 }
 
 impl InstanceState {
-    /// The session behind a borrowed `session` handle; a handle outside a
-    /// hook call (nothing in the slot) traps.
-    fn session(&self, handle: &Resource<SessionSlot>) -> wasmtime::Result<&Session> {
-        self.table
-            .get(handle)?
-            .0
+    /// The session behind a borrowed `session` handle: the session of the
+    /// call in progress; outside a call it traps.
+    fn session(&self, _handle: &Resource<SessionSlot>) -> wasmtime::Result<&Session> {
+        self.current
             .as_ref()
             .ok_or_else(|| wasmtime::format_err!("session handle used outside of a hook call"))
     }
@@ -188,8 +189,8 @@ impl host::HostSession for InstanceState {
     }
 
     fn drop(&mut self, this: Resource<SessionSlot>) -> wasmtime::Result<()> {
-        // Only borrows are ever handed out; the slot lives as long as the
-        // instance. A guest cannot own one, so there is nothing to free.
+        // Only borrows are ever handed out and they carry nothing, so
+        // there is nothing to free.
         let _ = this;
         Ok(())
     }

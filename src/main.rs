@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use camp_server::extension::Message;
 use camp_server::server::Server;
-use camp_server::session::{Session, SessionEvents};
+use camp_server::session::{Session, SessionEvent, SessionEvents};
 use clap::Parser;
 
 /// Command-line options.
@@ -91,13 +91,28 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The built-in application: every message that reaches it goes back to
-/// its session.
+/// its session, and every stream is streamed back with the same name and
+/// behaviour (PUSH stays PUSH, PULL stays PULL).
 async fn echo(session: Session, mut events: SessionEvents) {
-    while let Some(message) = events.next_message().await {
-        match message {
-            Message::Utf8(text) => drop(session.send_utf8(text)),
-            Message::Binary(bytes) => drop(session.send_binary(bytes)),
-            Message::Error(text) => tracing::info!(sid = session.id(), "peer reported: {text}"),
+    while let Some(event) = events.next().await {
+        match event {
+            SessionEvent::Message(Message::Utf8(text)) => drop(session.send_utf8(text)),
+            SessionEvent::Message(Message::Binary(bytes)) => drop(session.send_binary(bytes)),
+            SessionEvent::Message(Message::Error(text)) => {
+                tracing::info!(sid = session.id(), "peer reported: {text}")
+            }
+            SessionEvent::Stream(stream) => {
+                let options = stream.options();
+                let transfer = session.stream(stream, options);
+                let sid = session.id();
+                tokio::spawn(async move {
+                    if let Err(e) = transfer.await {
+                        tracing::info!(sid, "stream echo failed: {e}");
+                    }
+                });
+            }
+            SessionEvent::Stats(_) => {}
+            SessionEvent::Closed(_) => break,
         }
     }
 }

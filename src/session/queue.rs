@@ -143,11 +143,33 @@ impl Item {
     }
 }
 
+/// A snapshot of a session's outgoing queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Bytes of frames waiting now.
+    pub bytes: usize,
+    /// Frames waiting now.
+    pub frames: usize,
+    /// The most bytes that ever waited at once: with data and transaction
+    /// frames this stays within `max_queued_bytes` (protocol frames of a
+    /// few dozen bytes are always admitted and may add to it).
+    pub peak_bytes: usize,
+    /// Data frames dropped by the policy so far.
+    pub drops: u64,
+}
+
+/// The queue's contents and counters, behind the queue's lock.
 #[derive(Default)]
 struct State {
+    /// Frames in send order.
     items: VecDeque<Item>,
+    /// Sum of the frames' encoded lengths.
     bytes: usize,
+    /// Highest `bytes` seen.
+    peak_bytes: usize,
+    /// No more pushes; the writer drains what is left.
     closed: bool,
+    /// Data frames dropped by the policy.
     drops: u64,
 }
 
@@ -250,6 +272,7 @@ impl Queue {
             }
         }
         s.bytes += len;
+        s.peak_bytes = s.peak_bytes.max(s.bytes);
         s.items.push_back(item);
         drop(s);
         self.readable.notify_one();
@@ -268,6 +291,7 @@ impl Queue {
                 }
                 if !self.full(&s, len) || s.items.is_empty() {
                     s.bytes += len;
+                    s.peak_bytes = s.peak_bytes.max(s.bytes);
                     s.items.push_back(item);
                     drop(s);
                     self.readable.notify_one();
@@ -333,9 +357,23 @@ impl Queue {
         self.lock().drops
     }
 
-    /// Bytes and frames waiting now.
-    pub(crate) fn depth(&self) -> (usize, usize) {
+    /// Bytes and frames waiting now, the peak and the drops.
+    pub(crate) fn stats(&self) -> QueueStats {
         let s = self.lock();
-        (s.bytes, s.items.len())
+        QueueStats {
+            bytes: s.bytes,
+            frames: s.items.len(),
+            peak_bytes: s.peak_bytes,
+            drops: s.drops,
+        }
+    }
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("limits", &self.limits)
+            .field("stats", &self.stats())
+            .finish()
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use camp_server::extension::Message;
 use camp_server::server::Server;
+use camp_server::server::tls::TlsConfig;
 use camp_server::session::{Session, SessionEvent, SessionEvents};
 use clap::Parser;
 
@@ -38,6 +39,12 @@ struct Args {
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 15_000)]
     keep_alive_ms: u64,
+    /// PEM certificate chain: serve TLS (wss://) with it (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Log filter (RUST_LOG syntax); RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
     log: String,
@@ -69,16 +76,23 @@ async fn main() -> anyhow::Result<()> {
         bail!("--keep-alive-ms must be positive");
     }
 
-    let (server, mut incoming) = Server::builder()
+    let mut builder = Server::builder()
         .tokens(tokens)
-        .keep_alive(Duration::from_millis(args.keep_alive_ms))
-        .build();
+        .keep_alive(Duration::from_millis(args.keep_alive_ms));
+    let scheme = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            builder = builder.tls(TlsConfig::from_pem_files(cert, key)?);
+            "wss"
+        }
+        _ => "ws",
+    };
+    let (server, mut incoming) = builder.build();
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let local = listener.local_addr()?;
-    tracing::info!("listening on ws://{local}/");
-    println!("camp-server listening on ws://{local}/");
+    tracing::info!("listening on {scheme}://{local}/");
+    println!("camp-server listening on {scheme}://{local}/");
 
     tokio::spawn(async move {
         while let Some((session, events)) = incoming.next().await {

@@ -264,6 +264,8 @@ impl Inner {
         self.upgrade(tcp, remote).await;
     }
 
+    // The WebSocket library's callback type fixes a large error type.
+    #[allow(clippy::result_large_err)]
     async fn upgrade<S>(&self, mut stream: S, remote: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

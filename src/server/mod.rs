@@ -22,6 +22,7 @@ mod registry;
 pub mod tls;
 mod upgrade;
 
+pub(crate) use upgrade::read_head as read_request_head;
 pub use upgrade::{Refusal, SUBPROTOCOL};
 
 use std::collections::HashSet;
@@ -29,6 +30,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -41,6 +43,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::client::{Client, ClientError};
 use crate::extension::Pipeline;
+use crate::metrics::Metrics;
 use crate::protocol;
 use crate::session::{
     Backpressure, Driver, Role, Session, SessionConfig, SessionEvents, event_channel,
@@ -161,6 +164,7 @@ impl ServerBuilder {
                 handshake_timeout: self.handshake_timeout,
                 backpressure: self.backpressure,
                 features: protocol::FEATURES,
+                metrics: Arc::default(),
             },
             validator: self
                 .validator
@@ -226,6 +230,11 @@ impl Server {
     /// The open sessions.
     pub fn sessions(&self) -> Vec<Session> {
         self.inner.registry.sessions()
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.session.metrics
     }
 
     /// The open session with this id.
@@ -318,6 +327,8 @@ impl Inner {
         }
     }
 
+    // The WebSocket library's callback type fixes a large error type.
+    #[allow(clippy::result_large_err)]
     async fn upgrade<S>(&self, mut stream: S, remote: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -394,9 +405,13 @@ impl Inner {
         let (events_tx, events) = event_channel();
         let _ = self.incoming.send((session.clone(), events));
         tracing::info!(%remote, sid = up.sid, "session open");
+        let metrics = &self.session.metrics;
+        metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
+        metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
         let info = driver
             .run(session, commands, events_tx, self.shutdown.subscribe())
             .await;
+        metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
         tracing::info!(%remote, sid = up.sid, code = info.code, by_peer = info.by_peer, "session closed: {}", info.reason);
         drop(reservation);
     }
@@ -409,6 +424,7 @@ impl Inner {
     ) {
         // Never log the request itself: it carries the bearer token.
         tracing::info!(%remote, status = refusal.status, reason = refusal.reason, "upgrade refused");
+        self.session.metrics.refused(refusal.reason);
         let _ = refusal.send(stream).await;
     }
 }

@@ -1,0 +1,180 @@
+//! Shared helpers for integration tests: a server on 127.0.0.1:0 and a raw
+//! WebSocket peer that speaks CAMP frames byte by byte.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use camp_server::extension::Message;
+use camp_server::protocol::{Body, Frame, PingPong};
+use camp_server::server::{Server, ServerBuilder};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const TOKEN: &str = "secret";
+
+/// A running server and what the test needs to reach and stop it.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub server: Server,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    /// An echo server built from `builder` (tokens: `secret`).
+    pub async fn echo(builder: ServerBuilder) -> TestServer {
+        let (server, mut incoming) = builder.tokens([TOKEN]).build();
+        tokio::spawn(async move {
+            while let Some((session, mut events)) = incoming.next().await {
+                tokio::spawn(async move {
+                    while let Some(m) = events.next_message().await {
+                        match m {
+                            Message::Utf8(t) => drop(session.send_utf8(t)),
+                            Message::Binary(b) => drop(session.send_binary(b)),
+                            Message::Error(e) => drop(session.send_utf8(format!("error:{e}"))),
+                        }
+                    }
+                });
+            }
+        });
+        TestServer::start(server).await
+    }
+
+    /// Serves `server` on an ephemeral loopback port.
+    pub async fn start(server: Server) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let s = server.clone();
+        let task = tokio::spawn(async move {
+            s.serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        TestServer {
+            addr,
+            server,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// Stops the server and waits for `serve` to return.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A bare WebSocket peer that sends and reads raw CAMP frames.
+pub struct RawPeer {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub sid: u64,
+}
+
+impl RawPeer {
+    /// Upgrades with the given query string (no CAMP handshake).
+    pub async fn upgrade(addr: SocketAddr, query: &str) -> Result<RawPeer, u16> {
+        let url = format!("ws://{addr}/?{query}");
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((ws, _)) => Ok(RawPeer { ws, sid: 0 }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    /// Upgrades as session `sid` and completes the handshake.
+    pub async fn connect(addr: SocketAddr, sid: u64) -> RawPeer {
+        let mut peer = RawPeer::upgrade(
+            addr,
+            &format!("authorization=Bearer%20{TOKEN}&x-camp-sid={sid}"),
+        )
+        .await
+        .unwrap();
+        peer.sid = sid;
+        let info = peer.recv().await;
+        let Body::EndpointInfo {
+            ack,
+            version: 1,
+            features,
+        } = info.body
+        else {
+            panic!("expected ENDPOINT_INFO, got {info:?}")
+        };
+        assert_eq!(info.sid, sid);
+        assert_eq!(features, camp_server::protocol::FEATURES);
+        peer.send(Body::Ack { acked: ack }).await;
+        peer.send(Body::EndpointInfo {
+            ack: 0,
+            version: 1,
+            features: 1,
+        })
+        .await;
+        assert_eq!(peer.recv().await.body, Body::Ack { acked: 0 });
+        peer
+    }
+
+    pub async fn send(&mut self, body: Body) {
+        self.send_raw(Frame::new(self.sid, body).encode().to_vec())
+            .await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Ws::Binary(Bytes::from(bytes))).await.unwrap();
+    }
+
+    /// The next WebSocket message, within 5 s.
+    pub async fn next_ws(&mut self) -> Option<Ws> {
+        tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+            .await
+            .expect("no message within 5 s")
+            .map(|r| r.expect("websocket error"))
+    }
+
+    /// The next CAMP frame (skipping WebSocket pings).
+    pub async fn recv(&mut self) -> Frame {
+        loop {
+            match self.next_ws().await {
+                Some(Ws::Binary(b)) => return Frame::decode(b).expect("server sent a valid frame"),
+                Some(Ws::Ping(_)) | Some(Ws::Pong(_)) => continue,
+                other => panic!("expected a binary frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame that is not an ACK or PING_PONG.
+    pub async fn recv_data(&mut self) -> Frame {
+        loop {
+            let f = self.recv().await;
+            match f.body {
+                Body::Ack { .. } | Body::Ping(PingPong::Pong) => continue,
+                Body::Ping(PingPong::Ping) => continue,
+                _ => return f,
+            }
+        }
+    }
+
+    /// Reads until the close frame; returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match self.next_ws().await {
+                Some(Ws::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
+                Some(Ws::Close(None)) => return (1005, String::new()),
+                None => panic!("connection ended without a close frame"),
+                Some(_) => continue,
+            }
+        }
+    }
+}

@@ -377,3 +377,84 @@ impl std::fmt::Debug for Queue {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn frame(len: usize, class: Class) -> Item {
+        Item::Frame {
+            bytes: Bytes::from(vec![0; len]),
+            ty: match class {
+                Class::Transaction => FrameType::TxChunk,
+                _ => FrameType::Binary,
+            },
+            class,
+            ack: None,
+        }
+    }
+
+    fn small() -> Backpressure {
+        Backpressure {
+            max_queued_bytes: 100,
+            max_queue_count: 10,
+            ..Backpressure::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn push_wait_waits_for_room_keeps_order_and_respects_the_cap() {
+        let q = Arc::new(Queue::new(small()));
+        q.push_wait(frame(60, Class::Transaction)).await.unwrap();
+        // 60 + 60 > 100: the second waits until the writer takes the first.
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.push_wait(frame(60, Class::Transaction)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        assert_eq!(q.stats().frames, 1);
+        let mut batch = Vec::new();
+        assert!(q.pop_batch(&mut batch).await);
+        assert_eq!(batch.len(), 1);
+        waiting.await.unwrap().unwrap();
+        assert_eq!(q.stats().frames, 1);
+        assert!(q.stats().peak_bytes <= 100);
+    }
+
+    #[tokio::test]
+    async fn push_wait_gives_up_when_the_queue_closes() {
+        let q = Arc::new(Queue::new(small()));
+        q.push_wait(frame(90, Class::Transaction)).await.unwrap();
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.push_wait(frame(90, Class::Transaction)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        q.close();
+        assert!(waiting.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn data_frames_never_evict_transaction_frames() {
+        let q = Queue::new(small());
+        q.push_wait(frame(50, Class::Transaction)).await.unwrap();
+        assert!(matches!(q.push(frame(40, Class::Data)), Pushed::Queued(_)));
+        // Full: drop-oldest evicts the data frame, not the chunk.
+        assert!(matches!(q.push(frame(40, Class::Data)), Pushed::Queued(_)));
+        assert_eq!(q.stats().drops, 1);
+        // Nothing evictable is big enough: the new data frame goes.
+        assert!(matches!(q.push(frame(60, Class::Data)), Pushed::Dropped(_)));
+        let mut batch = Vec::new();
+        q.pop_batch(&mut batch).await;
+        assert!(matches!(
+            batch[0],
+            Item::Frame {
+                class: Class::Transaction,
+                ..
+            }
+        ));
+    }
+}

@@ -377,7 +377,9 @@ where
                 },
                 _ = rx_budget.room(), if rx_paused => {}
                 _ = heartbeat.tick() => {
-                    if !heard_since_tick && self.role == Role::Server {
+                    // While our own readers hold reading up, the peer's
+                    // silence is ours: do not count it against the peer.
+                    if !heard_since_tick && self.role == Role::Server && !rx_budget.exhausted() {
                         break Exit::Local(
                             close::CLIENT_ERROR,
                             format!("heartbeat timeout: nothing received for {keep_alive:?}"),

@@ -30,6 +30,10 @@
 //! serving its handles) until readers catch up, so TCP flow control slows
 //! the sender. A PULL stream asks for [`FETCH_STEP`] bytes at a time and
 //! keeps at most two steps outstanding, as its reader consumes.
+//! While paused, the session does not count the peer's silence against it
+//! (heartbeat); the peer, though, hears nothing from us either, so a
+//! reader that stalls for longer than the peer's keep-alive interval can
+//! get the session closed by the peer's liveness check.
 //!
 //! # Protocol errors
 //!

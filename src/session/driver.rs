@@ -19,8 +19,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use super::ack::AckTracker;
 use super::queue::{Backpressure, Class, Item, Pushed, Queue};
+use super::transaction::{Transactions, TxEffect};
 use super::{CloseInfo, Command, DeliveryError, Session, SessionEvent, SessionEvents, Stats};
 use crate::extension::{Hook, Message, Pipeline, Verdict};
+use crate::metrics::Metrics;
 use crate::protocol::{self, Body, Frame, FrameError, PingPong, close};
 
 /// Which end of the connection this is. The server speaks first in the
@@ -44,6 +46,8 @@ pub(crate) struct SessionConfig {
     pub backpressure: Backpressure,
     /// Feature flags this endpoint announces.
     pub features: u64,
+    /// Where frames, bytes, round trips and drops are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// How many malformed frames a session may send before it is closed: each
@@ -84,6 +88,8 @@ pub(crate) struct Driver<S> {
     acks: AckTracker,
     /// Malformed frames received so far.
     malformed: u32,
+    /// Open transactions (streams) both ways.
+    tx: Transactions,
 }
 
 /// What ended the main loop.
@@ -109,10 +115,15 @@ where
         let (sink, stream) = ws.split();
         let queue = Arc::new(Queue::new(config.backpressure));
         let bytes_tx = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(write_loop(sink, queue.clone(), bytes_tx.clone()));
+        let writer = tokio::spawn(write_loop(
+            sink,
+            queue.clone(),
+            bytes_tx.clone(),
+            config.metrics.clone(),
+        ));
         Driver {
             stream,
-            queue,
+            queue: queue.clone(),
             writer,
             bytes_tx,
             bytes_rx: 0,
@@ -122,6 +133,7 @@ where
             pipeline,
             acks: AckTracker::new(),
             malformed: 0,
+            tx: Transactions::new(sid, queue, role == Role::Server),
         }
     }
 
@@ -133,14 +145,20 @@ where
             bytes: frame.encode(),
             class,
         };
-        match self.queue.push(item) {
-            Pushed::Queued(dropped) => {
-                for id in dropped {
-                    self.acks.forget(id, DeliveryError::DroppedByQueue);
-                }
-            }
-            Pushed::Dropped(Some(id)) => self.acks.forget(id, DeliveryError::DroppedByQueue),
-            Pushed::Dropped(None) | Pushed::Closed => {}
+        // Only data frames are ever dropped, and they all carry an ack id.
+        let dropped = match self.queue.push(item) {
+            Pushed::Queued(evicted) => evicted,
+            Pushed::Dropped(id) => id.into_iter().collect(),
+            Pushed::Closed => Vec::new(),
+        };
+        if !dropped.is_empty() {
+            let policy = self.queue.limits().drop_policy;
+            self.config
+                .metrics
+                .queue_dropped(policy, dropped.len() as u64);
+        }
+        for id in dropped {
+            self.acks.forget(id, DeliveryError::DroppedByQueue);
         }
     }
 
@@ -148,6 +166,12 @@ where
     fn push_tracked(&mut self, mut body: Body) {
         body.set_ack(self.acks.track(Instant::now().into_std(), None));
         self.push(body, Class::Control);
+    }
+
+    fn on_ack(&mut self, id: u32) {
+        if let Some(rtt) = self.acks.ack(id, Instant::now().into_std()) {
+            self.config.metrics.ack_rtt.observe(rtt);
+        }
     }
 
     fn endpoint_info(&self) -> Body {
@@ -162,6 +186,10 @@ where
     /// once the peer has sent too many.
     fn malformed(&mut self, why: String) -> Option<Exit> {
         self.malformed += 1;
+        self.config
+            .metrics
+            .malformed
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(sid = self.sid, "malformed input: {why}");
         if self.malformed > MAX_MALFORMED {
             return Some(Exit::Local(
@@ -193,7 +221,8 @@ where
             };
             match msg {
                 WsMessage::Binary(bytes) => {
-                    self.bytes_rx += bytes.len() as u64;
+                    let len = bytes.len();
+                    self.bytes_rx += len as u64;
                     match Frame::decode(bytes) {
                         Ok(frame) if frame.sid != self.sid => {
                             let why =
@@ -202,7 +231,10 @@ where
                                 return Err(exit);
                             }
                         }
-                        Ok(frame) => return Ok(frame),
+                        Ok(frame) => {
+                            self.config.metrics.frame_in(frame.body.frame_type(), len);
+                            return Ok(frame);
+                        }
                         Err(e) => {
                             if let Some(exit) = self.malformed(malformed_text(&e)) {
                                 return Err(exit);
@@ -240,9 +272,7 @@ where
         loop {
             let frame = self.next_frame().await?;
             match frame.body {
-                Body::Ack { acked } => {
-                    self.acks.ack(acked, Instant::now().into_std());
-                }
+                Body::Ack { acked } => self.on_ack(acked),
                 Body::Ping(PingPong::Ping) => self.push(Body::Ping(PingPong::Pong), Class::Control),
                 Body::Ping(PingPong::Pong) => {}
                 Body::EndpointInfo {
@@ -281,15 +311,25 @@ where
 
     /// Runs the handshake within the handshake timeout. On failure the
     /// connection is closed and the reason returned.
-    pub(crate) async fn handshake(&mut self) -> Result<u64, CloseInfo> {
+    /// A shutdown during the handshake closes gracefully at once rather
+    /// than waiting for the peer.
+    pub(crate) async fn handshake(
+        &mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<u64, CloseInfo> {
         let timeout = self.config.handshake_timeout;
-        let exit = match tokio::time::timeout(timeout, self.handshake_inner()).await {
-            Ok(Ok(features)) => return Ok(features),
-            Ok(Err(exit)) => exit,
-            Err(_) => Exit::Local(
-                close::CLIENT_ERROR,
-                format!("handshake not completed within {timeout:?}"),
-            ),
+        let exit = tokio::select! {
+            done = tokio::time::timeout(timeout, self.handshake_inner()) => match done {
+                Ok(Ok(features)) => return Ok(features),
+                Ok(Err(exit)) => exit,
+                Err(_) => Exit::Local(
+                    close::CLIENT_ERROR,
+                    format!("handshake not completed within {timeout:?}"),
+                ),
+            },
+            _ = shutting_down(&mut shutdown) => {
+                Exit::Local(close::GRACEFUL, "server shutting down".into())
+            }
         };
         Err(self.finish(exit).await)
     }
@@ -304,6 +344,12 @@ where
         mut shutdown: watch::Receiver<bool>,
     ) -> CloseInfo {
         self.pipeline.session_opened(&session);
+        session.attach_queue(self.queue.clone());
+        self.tx.attach(session.command_sender());
+        // Above the receive budget (chunks buffered for slow stream
+        // readers) the socket is not read until readers catch up; commands
+        // are still served meanwhile.
+        let rx_budget = self.tx.budget();
         let keep_alive = self.config.keep_alive;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -318,8 +364,9 @@ where
             {
                 expiry.as_mut().reset(Instant::from_std(d));
             }
+            let rx_paused = rx_budget.exhausted();
             tokio::select! {
-                frame = self.next_frame() => {
+                frame = self.next_frame(), if !rx_paused => {
                     heard_since_tick = true;
                     match frame {
                         Ok(frame) => {
@@ -334,9 +381,15 @@ where
                     Command::Send(message, tx) => self.send_message(message, tx, &session),
                     Command::Ping => self.push(Body::Ping(PingPong::Ping), Class::Control),
                     Command::Close(code, reason) => break Exit::Local(code, reason),
+                    Command::Tx(command) => {
+                        self.tx.on_command(&mut self.acks, command, session.peer_features());
+                    }
                 },
+                _ = rx_budget.room(), if rx_paused => {}
                 _ = heartbeat.tick() => {
-                    if !heard_since_tick && self.role == Role::Server {
+                    // While our own readers hold reading up, the peer's
+                    // silence is ours: do not count it against the peer.
+                    if !heard_since_tick && self.role == Role::Server && !rx_budget.exhausted() {
                         break Exit::Local(
                             close::CLIENT_ERROR,
                             format!("heartbeat timeout: nothing received for {keep_alive:?}"),
@@ -351,7 +404,8 @@ where
                     let _ = events.try_send(SessionEvent::Stats(stats));
                 }
                 _ = &mut expiry, if deadline.is_some() => {
-                    self.acks.expire(Instant::now().into_std());
+                    let expired = self.acks.expire(Instant::now().into_std());
+                    self.config.metrics.ack_timeouts.fetch_add(expired, Ordering::Relaxed);
                 }
                 _ = shutting_down(&mut shutdown) => {
                     break Exit::Local(close::GRACEFUL, "server shutting down".into());
@@ -361,6 +415,7 @@ where
                 }
             }
         };
+        self.tx.close();
         let info = self.finish(exit).await;
         session.set_stats(self.stats());
         session.mark_closed();
@@ -433,7 +488,7 @@ where
         }
         let message = match frame.body {
             Body::Ack { acked } => {
-                self.acks.ack(acked, Instant::now().into_std());
+                self.on_ack(acked);
                 return None;
             }
             Body::Ping(PingPong::Ping) => {
@@ -461,18 +516,20 @@ where
             Body::Utf8 { text, .. } => Message::Utf8(text),
             Body::Binary { data, .. } => Message::Binary(data.to_vec()),
             Body::Error { message, .. } => Message::Error(message),
-            Body::TxStart { .. }
+            body @ (Body::TxStart { .. }
             | Body::TxChunk { .. }
             | Body::TxFinish { .. }
             | Body::TxFetch { .. }
-            | Body::TxCancel { .. } => {
-                self.push_tracked(Body::Error {
-                    ack: 0,
-                    message: format!(
-                        "{} refused: this endpoint does not announce the transactions feature",
-                        ty.name()
-                    ),
-                });
+            | Body::TxCancel { .. }) => {
+                match self.tx.on_frame(&mut self.acks, body) {
+                    Some(TxEffect::Malformed(why)) => return self.malformed(why),
+                    Some(TxEffect::Announce(stream)) => {
+                        if let Some(stream) = session.offer_stream(stream) {
+                            let _ = events.send(SessionEvent::Stream(stream)).await;
+                        }
+                    }
+                    None => {}
+                }
                 return None;
             }
         };
@@ -591,6 +648,7 @@ async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, WsMessage>,
     queue: Arc<Queue>,
     bytes_tx: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -601,10 +659,11 @@ async fn write_loop<S>(
             let mut unflushed = 0;
             for item in batch.drain(..) {
                 match item {
-                    Item::Frame { bytes, .. } => {
+                    Item::Frame { bytes, ty, .. } => {
                         let len = bytes.len();
                         sink.feed(WsMessage::Binary(bytes)).await?;
                         bytes_tx.fetch_add(len as u64, Ordering::Relaxed);
+                        metrics.frame_out(ty, len);
                         unflushed += len;
                         if unflushed >= high_water {
                             sink.flush().await?;

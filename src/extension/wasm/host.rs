@@ -165,9 +165,18 @@ impl PluginHost {
             std::thread::Builder::new()
                 .name("camp-epoch".into())
                 .spawn(move || {
+                    // Catch up with the wall clock rather than counting
+                    // sleeps: on a busy machine a 1 ms sleep overshoots, and
+                    // budgets would stretch with it.
+                    let origin = Instant::now();
+                    let mut ticks: u128 = 0;
                     while !stop.load(Ordering::Acquire) {
                         std::thread::sleep(TICK);
-                        engine.increment_epoch();
+                        let due = origin.elapsed().as_nanos() / TICK.as_nanos();
+                        while ticks < due {
+                            engine.increment_epoch();
+                            ticks += 1;
+                        }
                     }
                 })
                 .map_err(HostError::Ticker)?

@@ -356,9 +356,10 @@ impl WasmPlugin {
     }
 
     /// Takes an idle instance, makes a new one if under the cap, or waits
-    /// (up to one deadline) for one to be returned.
+    /// for one to be returned: up to two deadlines, long enough for a call
+    /// in progress to finish or be interrupted.
     fn checkout(&self) -> Result<Instance, HookError> {
-        let wait_until = Instant::now() + self.meta.config.deadline();
+        let wait_until = Instant::now() + 2 * self.meta.config.deadline();
         let mut pool = lock(&self.pool);
         loop {
             if let Some(instance) = pool.idle.pop() {

@@ -185,6 +185,7 @@ impl Client {
             handshake_timeout: self.handshake_timeout,
             backpressure: self.backpressure,
             features: protocol::FEATURES,
+            metrics: Default::default(),
         };
         let mut driver = Driver::new(ws, sid, Role::Client, config, self.pipeline);
         let features = driver.handshake().await.map_err(ClientError::Handshake)?;

@@ -48,8 +48,11 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod client;
+pub mod config;
 pub mod extension;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -3,15 +3,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
+use camp_server::config::{AdminConfig, BackpressureConfig, Config};
 use camp_server::extension::Message;
 use camp_server::server::Server;
 use camp_server::session::{Session, SessionEvents};
 use clap::Parser;
 
-/// Command-line options.
+/// Command-line options. Every option can also be set in the `--config`
+/// TOML file; a flag given here wins over the file.
 #[derive(Debug, Parser)]
 #[command(
     name = "camp-server",
@@ -19,9 +20,12 @@ use clap::Parser;
     about = "A CAMP v1 server with WebAssembly extensions"
 )]
 struct Args {
-    /// Address and port to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    bind: SocketAddr,
+    /// TOML configuration file (same keys as the flags, plus sections).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address and port to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    bind: Option<SocketAddr>,
     /// A bearer token clients may use (repeatable; also CAMP_TOKENS,
     /// comma-separated).
     #[arg(
@@ -35,48 +39,91 @@ struct Args {
     /// starting with # are ignored).
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// Heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 15_000)]
-    keep_alive_ms: u64,
-    /// Log filter (RUST_LOG syntax); RUST_LOG wins when set.
-    #[arg(long, default_value = "info")]
-    log: String,
+    /// Heartbeat interval in milliseconds [default: 15000].
+    #[arg(long)]
+    keep_alive_ms: Option<u64>,
+    /// Backpressure profile: default, optimize_latency or optimize_memory.
+    #[arg(long)]
+    backpressure_profile: Option<String>,
+    /// Address of the admin listener (metrics, health, admin view)
+    /// [default: 127.0.0.1:9090].
+    #[arg(long)]
+    admin_bind: Option<SocketAddr>,
+    /// Do not start the admin listener.
+    #[arg(long)]
+    no_admin: bool,
+    /// Log filter (RUST_LOG syntax) [default: info]; RUST_LOG wins when set.
+    #[arg(long)]
+    log: Option<String>,
+}
+
+impl Args {
+    /// The flags as a partial configuration, to lay over the file's.
+    fn as_config(&self) -> Config {
+        Config {
+            bind: self.bind,
+            tokens: Some(self.tokens.clone()).filter(|t| !t.is_empty()),
+            token_file: self.token_file.clone(),
+            keep_alive_ms: self.keep_alive_ms,
+            log: self.log.clone(),
+            plugins: None,
+            tls: None,
+            backpressure: self
+                .backpressure_profile
+                .clone()
+                .map(|p| BackpressureConfig {
+                    profile: Some(p),
+                    ..BackpressureConfig::default()
+                }),
+            admin: (self.admin_bind.is_some() || self.no_admin).then(|| AdminConfig {
+                bind: self.admin_bind,
+                enabled: self.no_admin.then_some(false),
+            }),
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let file = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let settings = file.overridden_by(args.as_config()).resolve()?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-
-    let mut tokens: Vec<String> = args.tokens.iter().map(|t| t.trim().to_string()).collect();
-    if let Some(file) = &args.token_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read token file {}", file.display()))?;
-        tokens.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(String::from),
-        );
-    }
-    tokens.retain(|t| !t.is_empty());
-    if tokens.is_empty() {
-        bail!("no token configured: pass --token, CAMP_TOKENS or --token-file");
-    }
-    if args.keep_alive_ms == 0 {
-        bail!("--keep-alive-ms must be positive");
+    if settings.tls.is_some() {
+        bail!("TLS is configured but this build does not serve TLS yet");
     }
 
     let (server, mut incoming) = Server::builder()
-        .tokens(tokens)
-        .keep_alive(Duration::from_millis(args.keep_alive_ms))
+        .tokens(settings.tokens.clone())
+        .keep_alive(settings.keep_alive)
+        .backpressure(settings.backpressure)
         .build();
-    let listener = tokio::net::TcpListener::bind(args.bind)
+    let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
-        .with_context(|| format!("cannot listen on {}", args.bind))?;
+        .with_context(|| format!("cannot listen on {}", settings.bind))?;
     let local = listener.local_addr()?;
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(admin_addr) = settings.admin {
+        let admin = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("cannot listen on {admin_addr} (admin)"))?;
+        let admin_local = admin.local_addr()?;
+        tracing::info!("admin on http://{admin_local}/ (/metrics, /healthz, /admin)");
+        println!("camp-server admin on http://{admin_local}/");
+        tokio::spawn(camp_server::admin::serve(
+            admin,
+            server.clone(),
+            None,
+            async {
+                let _ = admin_stopped.await;
+            },
+        ));
+    }
     tracing::info!("listening on ws://{local}/");
     println!("camp-server listening on ws://{local}/");
 
@@ -86,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     server.serve(listener, shutdown_signal()).await?;
+    let _ = stop_admin.send(());
     tracing::info!("stopped");
     Ok(())
 }

@@ -16,6 +16,8 @@ async fn start_binary() -> (Child, String) {
         .args([
             "--bind",
             "127.0.0.1:0",
+            "--admin-bind",
+            "127.0.0.1:0",
             "--token",
             "s3cret",
             "--log",
@@ -28,11 +30,14 @@ async fn start_binary() -> (Child, String) {
         .expect("camp-server binary runs");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("server prints its address")
-        .unwrap()
-        .unwrap();
+    let mut line = String::new();
+    while !line.contains("listening") {
+        line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("server prints its address")
+            .unwrap()
+            .expect("server prints its address");
+    }
     let addr = line
         .strip_prefix("camp-server listening on ws://")
         .and_then(|s| s.strip_suffix('/'))
@@ -207,7 +212,7 @@ async fn binary_exits_zero_after_sigterm_and_says_bye() {
 #[tokio::test]
 async fn binary_refuses_to_start_without_a_token() {
     let out = Command::new(env!("CARGO_BIN_EXE_camp-server"))
-        .args(["--bind", "127.0.0.1:0"])
+        .args(["--bind", "127.0.0.1:0", "--no-admin"])
         .env_remove("CAMP_TOKENS")
         .output()
         .await

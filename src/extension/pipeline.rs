@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use super::{Extension, FailurePolicy, Hook, HookError, HookSet, Message, Verdict};
+use crate::metrics::{HOOK_BOUNDS, Histogram};
 use crate::protocol::close;
 use crate::session::Session;
 
@@ -18,7 +19,7 @@ pub enum PipelineError {
 
 /// Counters kept per extension name; they survive replacement by a new
 /// version so an operator sees the plugin's whole history.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ExtensionStats {
     /// Hook calls made.
     pub calls: AtomicU64,
@@ -26,10 +27,22 @@ pub struct ExtensionStats {
     pub drops: AtomicU64,
     /// Hook calls that failed, by kind: trap, timeout, memory, unavailable, invalid.
     pub failures: [AtomicU64; 5],
-    /// Total nanoseconds spent in hook calls.
-    pub nanos: AtomicU64,
+    /// Hook call latency.
+    pub latency: Histogram,
     /// The last failure, with the hook it happened in.
     pub last_error: Mutex<Option<String>>,
+}
+
+impl Default for ExtensionStats {
+    fn default() -> Self {
+        ExtensionStats {
+            calls: AtomicU64::new(0),
+            drops: AtomicU64::new(0),
+            failures: Default::default(),
+            latency: Histogram::new(HOOK_BOUNDS),
+            last_error: Mutex::new(None),
+        }
+    }
 }
 
 impl ExtensionStats {
@@ -229,10 +242,7 @@ impl Pipeline {
             let started = std::time::Instant::now();
             let result = entry.extension.call(hook, session, message);
             entry.stats.calls.fetch_add(1, Ordering::Relaxed);
-            entry
-                .stats
-                .nanos
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            entry.stats.latency.observe(started.elapsed());
             match result {
                 Ok(Verdict::Pass) => {}
                 Ok(Verdict::Drop) => {

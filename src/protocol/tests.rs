@@ -333,7 +333,7 @@ fn random_and_mutated_input_never_panics_and_valid_frames_round_trip() {
             let len = (rng.next() % 64) as usize;
             let mut m: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             // Bias the type byte towards real frame types.
-            if len > 8 && rng.next() % 2 == 0 {
+            if len > 8 && rng.next().is_multiple_of(2) {
                 m[8] = FrameType::ALL[(rng.next() % 12) as usize] as u8;
             }
             m

@@ -21,6 +21,7 @@
 mod registry;
 mod upgrade;
 
+pub(crate) use upgrade::read_head as read_request_head;
 pub use upgrade::{Refusal, SUBPROTOCOL};
 
 use std::collections::HashSet;
@@ -28,6 +29,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,6 +41,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::extension::Pipeline;
+use crate::metrics::Metrics;
 use crate::protocol;
 use crate::session::{
     Backpressure, Driver, Role, Session, SessionConfig, SessionEvents, event_channel,
@@ -139,6 +142,7 @@ impl ServerBuilder {
                 handshake_timeout: self.handshake_timeout,
                 backpressure: self.backpressure,
                 features: protocol::FEATURES,
+                metrics: Arc::default(),
             },
             validator: self
                 .validator
@@ -200,6 +204,11 @@ impl Server {
         self.inner.registry.sessions()
     }
 
+    /// The server's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.session.metrics
+    }
+
     /// The open session with this id.
     pub fn session(&self, sid: u64) -> Option<Session> {
         self.inner.registry.get(sid)
@@ -255,6 +264,8 @@ impl Inner {
         self.upgrade(tcp, remote).await;
     }
 
+    // The WebSocket library's callback type fixes a large error type.
+    #[allow(clippy::result_large_err)]
     async fn upgrade<S>(&self, mut stream: S, remote: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -331,9 +342,13 @@ impl Inner {
         let (events_tx, events) = event_channel();
         let _ = self.incoming.send((session.clone(), events));
         tracing::info!(%remote, sid = up.sid, "session open");
+        let metrics = &self.session.metrics;
+        metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
+        metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
         let info = driver
             .run(session, commands, events_tx, self.shutdown.subscribe())
             .await;
+        metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
         tracing::info!(%remote, sid = up.sid, code = info.code, by_peer = info.by_peer, "session closed: {}", info.reason);
         drop(reservation);
     }
@@ -346,6 +361,7 @@ impl Inner {
     ) {
         // Never log the request itself: it carries the bearer token.
         tracing::info!(%remote, status = refusal.status, reason = refusal.reason, "upgrade refused");
+        self.session.metrics.refused(refusal.reason);
         let _ = refusal.send(stream).await;
     }
 }

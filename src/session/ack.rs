@@ -71,12 +71,10 @@ impl AckTracker {
         id
     }
 
-    /// Handles the peer's ACK for `id`. Returns false for an id we are not
-    /// waiting for (a duplicate, or one that already expired).
-    pub(crate) fn ack(&mut self, id: u32, now: Instant) -> bool {
-        let Some(p) = self.pending.remove(&id) else {
-            return false;
-        };
+    /// Handles the peer's ACK for `id`; returns the round trip. `None` for
+    /// an id we are not waiting for (a duplicate, or one that expired).
+    pub(crate) fn ack(&mut self, id: u32, now: Instant) -> Option<Duration> {
+        let p = self.pending.remove(&id)?;
         let rtt = now.duration_since(p.sent_at);
         let sample = rtt.as_secs_f64() * 1000.0;
         self.srtt_ms = Some(match self.srtt_ms {
@@ -86,7 +84,7 @@ impl AckTracker {
         if let Some(tx) = p.notify {
             let _ = tx.send(Ok(rtt));
         }
-        true
+        Some(rtt)
     }
 
     /// Forgets a frame that will never be sent (dropped from the queue),
@@ -151,10 +149,6 @@ impl AckTracker {
     pub(crate) fn timeouts(&self) -> u64 {
         self.timeouts
     }
-
-    pub(crate) fn pending(&self) -> usize {
-        self.pending.len()
-    }
 }
 
 #[cfg(test)]
@@ -177,12 +171,12 @@ mod tests {
         let mut t = AckTracker::new();
         let t0 = Instant::now();
         let a = t.track(t0, None);
-        assert!(t.ack(a, t0 + Duration::from_millis(100)));
+        assert!(t.ack(a, t0 + Duration::from_millis(100)).is_some());
         assert_eq!(t.srtt_ms(), Some(100.0));
         let b = t.track(t0, None);
-        assert!(t.ack(b, t0 + Duration::from_millis(200)));
+        assert!(t.ack(b, t0 + Duration::from_millis(200)).is_some());
         assert!((t.srtt_ms().unwrap() - 120.0).abs() < 1e-9);
-        assert!(!t.ack(b, t0), "a duplicate ack is ignored");
+        assert!(t.ack(b, t0).is_none(), "a duplicate ack is ignored");
     }
 
     #[test]
@@ -200,8 +194,8 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), Err(DeliveryError::Timeout));
         assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(4000)));
         assert_eq!(t.expire(t0 + Duration::from_millis(4000)), 1);
-        assert!(!t.ack(third, t0 + Duration::from_millis(4001)));
-        assert_eq!((t.timeouts(), t.pending()), (2, 0));
-        assert_eq!(t.ack(first, t0), false);
+        assert!(t.ack(third, t0 + Duration::from_millis(4001)).is_none());
+        assert_eq!((t.timeouts(), t.pending.len()), (2, 0));
+        assert_eq!(t.ack(first, t0), None);
     }
 }

@@ -21,6 +21,7 @@ use super::ack::AckTracker;
 use super::queue::{Backpressure, Class, Item, Pushed, Queue};
 use super::{CloseInfo, Command, DeliveryError, Session, SessionEvent, SessionEvents, Stats};
 use crate::extension::{Hook, Message, Pipeline, Verdict};
+use crate::metrics::Metrics;
 use crate::protocol::{self, Body, Frame, FrameError, PingPong, close};
 
 /// Which end of the connection this is. The server speaks first in the
@@ -44,6 +45,8 @@ pub(crate) struct SessionConfig {
     pub backpressure: Backpressure,
     /// Feature flags this endpoint announces.
     pub features: u64,
+    /// Where frames, bytes, round trips and drops are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// How many malformed frames a session may send before it is closed: each
@@ -109,7 +112,12 @@ where
         let (sink, stream) = ws.split();
         let queue = Arc::new(Queue::new(config.backpressure));
         let bytes_tx = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(write_loop(sink, queue.clone(), bytes_tx.clone()));
+        let writer = tokio::spawn(write_loop(
+            sink,
+            queue.clone(),
+            bytes_tx.clone(),
+            config.metrics.clone(),
+        ));
         Driver {
             stream,
             queue,
@@ -133,14 +141,20 @@ where
             bytes: frame.encode(),
             class,
         };
-        match self.queue.push(item) {
-            Pushed::Queued(dropped) => {
-                for id in dropped {
-                    self.acks.forget(id, DeliveryError::DroppedByQueue);
-                }
-            }
-            Pushed::Dropped(Some(id)) => self.acks.forget(id, DeliveryError::DroppedByQueue),
-            Pushed::Dropped(None) | Pushed::Closed => {}
+        // Only data frames are ever dropped, and they all carry an ack id.
+        let dropped = match self.queue.push(item) {
+            Pushed::Queued(evicted) => evicted,
+            Pushed::Dropped(id) => id.into_iter().collect(),
+            Pushed::Closed => Vec::new(),
+        };
+        if !dropped.is_empty() {
+            let policy = self.queue.limits().drop_policy;
+            self.config
+                .metrics
+                .queue_dropped(policy, dropped.len() as u64);
+        }
+        for id in dropped {
+            self.acks.forget(id, DeliveryError::DroppedByQueue);
         }
     }
 
@@ -148,6 +162,12 @@ where
     fn push_tracked(&mut self, mut body: Body) {
         body.set_ack(self.acks.track(Instant::now().into_std(), None));
         self.push(body, Class::Control);
+    }
+
+    fn on_ack(&mut self, id: u32) {
+        if let Some(rtt) = self.acks.ack(id, Instant::now().into_std()) {
+            self.config.metrics.ack_rtt.observe(rtt);
+        }
     }
 
     fn endpoint_info(&self) -> Body {
@@ -162,6 +182,10 @@ where
     /// once the peer has sent too many.
     fn malformed(&mut self, why: String) -> Option<Exit> {
         self.malformed += 1;
+        self.config
+            .metrics
+            .malformed
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(sid = self.sid, "malformed input: {why}");
         if self.malformed > MAX_MALFORMED {
             return Some(Exit::Local(
@@ -193,7 +217,8 @@ where
             };
             match msg {
                 WsMessage::Binary(bytes) => {
-                    self.bytes_rx += bytes.len() as u64;
+                    let len = bytes.len();
+                    self.bytes_rx += len as u64;
                     match Frame::decode(bytes) {
                         Ok(frame) if frame.sid != self.sid => {
                             let why =
@@ -202,7 +227,10 @@ where
                                 return Err(exit);
                             }
                         }
-                        Ok(frame) => return Ok(frame),
+                        Ok(frame) => {
+                            self.config.metrics.frame_in(frame.body.frame_type(), len);
+                            return Ok(frame);
+                        }
                         Err(e) => {
                             if let Some(exit) = self.malformed(malformed_text(&e)) {
                                 return Err(exit);
@@ -240,9 +268,7 @@ where
         loop {
             let frame = self.next_frame().await?;
             match frame.body {
-                Body::Ack { acked } => {
-                    self.acks.ack(acked, Instant::now().into_std());
-                }
+                Body::Ack { acked } => self.on_ack(acked),
                 Body::Ping(PingPong::Ping) => self.push(Body::Ping(PingPong::Pong), Class::Control),
                 Body::Ping(PingPong::Pong) => {}
                 Body::EndpointInfo {
@@ -351,7 +377,8 @@ where
                     let _ = events.try_send(SessionEvent::Stats(stats));
                 }
                 _ = &mut expiry, if deadline.is_some() => {
-                    self.acks.expire(Instant::now().into_std());
+                    let expired = self.acks.expire(Instant::now().into_std());
+                    self.config.metrics.ack_timeouts.fetch_add(expired, Ordering::Relaxed);
                 }
                 _ = shutting_down(&mut shutdown) => {
                     break Exit::Local(close::GRACEFUL, "server shutting down".into());
@@ -433,7 +460,7 @@ where
         }
         let message = match frame.body {
             Body::Ack { acked } => {
-                self.acks.ack(acked, Instant::now().into_std());
+                self.on_ack(acked);
                 return None;
             }
             Body::Ping(PingPong::Ping) => {
@@ -591,6 +618,7 @@ async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, WsMessage>,
     queue: Arc<Queue>,
     bytes_tx: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -601,10 +629,11 @@ async fn write_loop<S>(
             let mut unflushed = 0;
             for item in batch.drain(..) {
                 match item {
-                    Item::Frame { bytes, .. } => {
+                    Item::Frame { bytes, ty, .. } => {
                         let len = bytes.len();
                         sink.feed(WsMessage::Binary(bytes)).await?;
                         bytes_tx.fetch_add(len as u64, Ordering::Relaxed);
+                        metrics.frame_out(ty, len);
                         unflushed += len;
                         if unflushed >= high_water {
                             sink.flush().await?;

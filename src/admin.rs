@@ -1,0 +1,152 @@
+//! The admin listener: Prometheus metrics, a health check and a JSON view
+//! of live sessions and loaded extensions. It binds to loopback by default
+//! and speaks just enough HTTP/1.1 for scrapers and `curl`.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /metrics` | counters and histograms, Prometheus text format |
+//! | `GET /healthz` | `ok` |
+//! | `GET /admin` | JSON: `sessions`, `extensions` (and `plugins` when a plugin host reports) |
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::server::Server;
+
+/// Something that adds to the admin view and the metrics (the WebAssembly
+/// plugin host: files, hashes, load errors, reloads).
+pub trait AdminReport: Send + Sync {
+    /// A JSON value shown under `plugins` in `/admin`.
+    fn admin_json(&self) -> Value;
+    /// Extra Prometheus text appended to `/metrics`.
+    fn metrics_text(&self) -> String;
+}
+
+/// Serves the admin endpoints for `server` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    server: Server,
+    report: Option<Arc<dyn AdminReport>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let server = server.clone();
+                let report = report.clone();
+                tasks.spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        handle(stream, &server, report.as_deref()),
+                    )
+                    .await;
+                });
+            }
+            Some(_) = tasks.join_next() => {}
+            _ = &mut shutdown => break,
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, server: &Server, report: Option<&dyn AdminReport>) {
+    let head = {
+        let mut reader = BufReader::new(&mut stream);
+        match crate::server::read_request_head(&mut reader).await {
+            Ok(head) => head,
+            Err(_) => return,
+        }
+    };
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") => {
+            let mut text = server.metrics().render(server.pipeline());
+            if let Some(r) = report {
+                text.push_str(&r.metrics_text());
+            }
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
+        }
+        ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string()),
+        ("GET", "/admin") => {
+            let view = admin_view(server, report);
+            ("200 OK", "application/json", format!("{view:#}\n"))
+        }
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".into(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET\n".into(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The JSON admin view.
+pub fn admin_view(server: &Server, report: Option<&dyn AdminReport>) -> Value {
+    let mut sessions: Vec<Value> = server
+        .sessions()
+        .iter()
+        .map(|s| {
+            let st = s.stats();
+            json!({
+                "id": s.id(),
+                "remote": s.remote_addr().map(|a| a.to_string()),
+                "peer_features": s.peer_features(),
+                "rtt_ms": st.rtt_ms,
+                "bytes_rx": st.bytes_rx,
+                "bytes_tx": st.bytes_tx,
+                "ack_timeouts": st.ack_timeouts,
+                "queue_drops": st.queue_drops,
+            })
+        })
+        .collect();
+    sessions.sort_by_key(|s| s["id"].as_u64());
+    let extensions: Vec<Value> = server
+        .pipeline()
+        .list()
+        .iter()
+        .map(|e| {
+            use std::sync::atomic::Ordering::Relaxed;
+            json!({
+                "name": e.name,
+                "order": e.order,
+                "hooks": e.hooks.iter().map(|h| h.name()).collect::<Vec<_>>(),
+                "failure_policy": e.policy,
+                "registered_at_unix_ms": e.registered_at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+                "calls": e.stats.calls.load(Relaxed),
+                "drops": e.stats.drops.load(Relaxed),
+                "failures": e.stats.failure_count(),
+                "last_error": e.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            })
+        })
+        .collect();
+    let mut view = json!({ "sessions": sessions, "extensions": extensions });
+    if let Some(r) = report {
+        view["plugins"] = r.admin_json();
+    }
+    view
+}

@@ -1,0 +1,403 @@
+//! The server's configuration: an optional TOML file, overridden by
+//! command-line flags, resolved into [`Settings`] with defaults.
+//!
+//! ```
+//! use camp_server::config::Config;
+//!
+//! let file = Config::parse("keep_alive_ms = 5000\ntokens = [\"a\"]\n[backpressure]\nprofile = \"optimize_memory\"\n").unwrap();
+//! let flags = Config { keep_alive_ms: Some(1000), ..Config::default() };
+//! let settings = file.overridden_by(flags).resolve().unwrap();
+//! assert_eq!(settings.keep_alive.as_millis(), 1000);
+//! assert_eq!(settings.tokens, ["a"]);
+//! assert_eq!(settings.backpressure.max_queue_count, 128);
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::session::{Backpressure, DropPolicy};
+
+/// Why a configuration was refused. Each names the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type);
+    /// the message shows the line and the key.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The key, dotted (`backpressure.profile`).
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// A partial configuration: what the file or the flags say. Unset keys fall
+/// back to the next source, then to the defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address and port of the CAMP listener (default 127.0.0.1:8080).
+    pub bind: Option<SocketAddr>,
+    /// Accepted bearer tokens.
+    pub tokens: Option<Vec<String>>,
+    /// A file with one accepted token per line.
+    pub token_file: Option<PathBuf>,
+    /// Heartbeat interval in milliseconds (default 15000).
+    pub keep_alive_ms: Option<u64>,
+    /// Log filter in `RUST_LOG` syntax (default `info`).
+    pub log: Option<String>,
+    /// The plugin folder (watched for hot reload).
+    pub plugins: Option<PathBuf>,
+    /// TLS certificate and key.
+    pub tls: Option<TlsConfig>,
+    /// Outgoing queue limits.
+    pub backpressure: Option<BackpressureConfig>,
+    /// The admin listener (metrics, health, admin view).
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[tls]`: PEM files for `wss://`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+/// `[backpressure]`: a named profile, then individual overrides.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackpressureConfig {
+    /// `default`, `optimize_latency` or `optimize_memory`.
+    pub profile: Option<String>,
+    /// See [`Backpressure::high_water_mark`].
+    pub high_water_mark: Option<usize>,
+    /// See [`Backpressure::low_water_mark`].
+    pub low_water_mark: Option<usize>,
+    /// See [`Backpressure::max_queued_bytes`].
+    pub max_queued_bytes: Option<usize>,
+    /// See [`Backpressure::max_queue_count`].
+    pub max_queue_count: Option<usize>,
+    /// See [`Backpressure::drop_policy`].
+    pub drop_policy: Option<DropPolicy>,
+}
+
+/// `[admin]`: where metrics and the admin view are served.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address and port (loopback by default: 127.0.0.1:9090).
+    pub bind: Option<SocketAddr>,
+    /// Set to false to turn the admin listener off.
+    pub enabled: Option<bool>,
+}
+
+/// A complete, checked configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// CAMP listener address.
+    pub bind: SocketAddr,
+    /// Accepted tokens (never empty).
+    pub tokens: Vec<String>,
+    /// Heartbeat interval.
+    pub keep_alive: Duration,
+    /// Log filter.
+    pub log: String,
+    /// Plugin folder, if any.
+    pub plugins: Option<PathBuf>,
+    /// TLS certificate and key files, if TLS is on.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Queue limits.
+    pub backpressure: Backpressure,
+    /// Admin listener address, if on.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// This configuration with every key that `flags` sets replaced.
+    pub fn overridden_by(self, flags: Config) -> Config {
+        let tls = match (self.tls, flags.tls) {
+            (Some(f), Some(o)) => Some(TlsConfig {
+                cert: o.cert.or(f.cert),
+                key: o.key.or(f.key),
+            }),
+            (f, o) => o.or(f),
+        };
+        let admin = match (self.admin, flags.admin) {
+            (Some(f), Some(o)) => Some(AdminConfig {
+                bind: o.bind.or(f.bind),
+                enabled: o.enabled.or(f.enabled),
+            }),
+            (f, o) => o.or(f),
+        };
+        let backpressure = match (self.backpressure, flags.backpressure) {
+            (Some(f), Some(o)) => Some(BackpressureConfig {
+                profile: o.profile.or(f.profile),
+                high_water_mark: o.high_water_mark.or(f.high_water_mark),
+                low_water_mark: o.low_water_mark.or(f.low_water_mark),
+                max_queued_bytes: o.max_queued_bytes.or(f.max_queued_bytes),
+                max_queue_count: o.max_queue_count.or(f.max_queue_count),
+                drop_policy: o.drop_policy.or(f.drop_policy),
+            }),
+            (f, o) => o.or(f),
+        };
+        Config {
+            bind: flags.bind.or(self.bind),
+            tokens: flags.tokens.filter(|t| !t.is_empty()).or(self.tokens),
+            token_file: flags.token_file.or(self.token_file),
+            keep_alive_ms: flags.keep_alive_ms.or(self.keep_alive_ms),
+            log: flags.log.or(self.log),
+            plugins: flags.plugins.or(self.plugins),
+            tls,
+            backpressure,
+            admin,
+        }
+    }
+
+    /// Applies defaults and checks every value.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let mut tokens: Vec<String> = self.tokens.unwrap_or_default();
+        if let Some(file) = &self.token_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                invalid("token_file", format!("cannot read {}: {e}", file.display()))
+            })?;
+            tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        }
+        let tokens: Vec<String> = tokens
+            .into_iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if tokens.is_empty() {
+            return Err(invalid(
+                "tokens",
+                "no token configured: pass --token, CAMP_TOKENS, --token-file or `tokens` in the config file",
+            ));
+        }
+        if tokens.iter().any(|t| t.chars().any(char::is_whitespace)) {
+            return Err(invalid("tokens", "a token must not contain whitespace"));
+        }
+        let keep_alive_ms = self.keep_alive_ms.unwrap_or(15_000);
+        if !(100..=3_600_000).contains(&keep_alive_ms) {
+            return Err(invalid(
+                "keep_alive_ms",
+                format!("{keep_alive_ms} is outside 100..=3600000"),
+            ));
+        }
+        let tls = match self.tls {
+            None => None,
+            Some(TlsConfig {
+                cert: Some(c),
+                key: Some(k),
+            }) => Some((c, k)),
+            Some(TlsConfig { cert: None, .. }) => {
+                return Err(invalid("tls.cert", "a key was given without a certificate"));
+            }
+            Some(TlsConfig { key: None, .. }) => {
+                return Err(invalid("tls.key", "a certificate was given without a key"));
+            }
+        };
+        let backpressure = match self.backpressure {
+            None => Backpressure::default(),
+            Some(b) => {
+                let profile = b.profile.as_deref().unwrap_or("default");
+                let mut bp = Backpressure::profile(profile).ok_or_else(|| {
+                    invalid(
+                        "backpressure.profile",
+                        format!("unknown profile {profile:?} (default, optimize_latency, optimize_memory)"),
+                    )
+                })?;
+                bp.high_water_mark = b.high_water_mark.unwrap_or(bp.high_water_mark);
+                bp.low_water_mark = b.low_water_mark.unwrap_or(bp.low_water_mark);
+                bp.max_queued_bytes = b.max_queued_bytes.unwrap_or(bp.max_queued_bytes);
+                bp.max_queue_count = b.max_queue_count.unwrap_or(bp.max_queue_count);
+                bp.drop_policy = b.drop_policy.unwrap_or(bp.drop_policy);
+                bp.validate()
+                    .map_err(|reason| invalid("backpressure", reason))?;
+                bp
+            }
+        };
+        let admin = match self.admin {
+            Some(AdminConfig {
+                enabled: Some(false),
+                ..
+            }) => None,
+            Some(AdminConfig { bind: Some(b), .. }) => Some(b),
+            _ => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        };
+        if let Some(p) = &self.plugins
+            && !p.is_dir()
+        {
+            return Err(invalid(
+                "plugins",
+                format!("{} is not a folder", p.display()),
+            ));
+        }
+        Ok(Settings {
+            bind: self
+                .bind
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            tokens,
+            keep_alive: Duration::from_millis(keep_alive_ms),
+            log: self.log.unwrap_or_else(|| "info".into()),
+            plugins: self.plugins,
+            tls,
+            backpressure,
+            admin,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Config::parse(text).and_then(Config::resolve) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_reference_servers() {
+        let s = Config::parse("tokens = [\"t\"]")
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.keep_alive, Duration::from_secs(15));
+        assert_eq!(s.backpressure, Backpressure::default());
+        assert_eq!(s.admin.unwrap().to_string(), "127.0.0.1:9090");
+        assert!(s.tls.is_none() && s.plugins.is_none());
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let text = r#"
+            bind = "0.0.0.0:9000"
+            tokens = ["a", "b"]
+            keep_alive_ms = 2000
+            log = "debug"
+            [tls]
+            cert = "c.pem"
+            key = "k.pem"
+            [backpressure]
+            profile = "optimize_latency"
+            max_queue_count = 10
+            drop_policy = "drop-newest"
+            [admin]
+            bind = "127.0.0.1:9999"
+        "#;
+        let s = Config::parse(text).unwrap().resolve().unwrap();
+        assert_eq!(s.bind.port(), 9000);
+        assert_eq!(s.tokens, ["a", "b"]);
+        assert_eq!(s.keep_alive, Duration::from_secs(2));
+        assert_eq!(s.log, "debug");
+        assert_eq!(s.tls.unwrap().0, PathBuf::from("c.pem"));
+        assert_eq!(s.backpressure.max_queue_count, 10);
+        assert_eq!(
+            s.backpressure.max_queued_bytes,
+            2 * 1024 * 1024,
+            "from the profile"
+        );
+        assert_eq!(s.backpressure.drop_policy, DropPolicy::DropNewest);
+        assert_eq!(s.admin.unwrap().port(), 9999);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = Config::parse(
+            "bind = \"127.0.0.1:1\"\ntokens = [\"file\"]\n[admin]\nbind = \"127.0.0.1:2\"",
+        )
+        .unwrap();
+        let flags = Config {
+            tokens: Some(vec!["flag".into()]),
+            admin: Some(AdminConfig {
+                enabled: Some(false),
+                bind: None,
+            }),
+            ..Config::default()
+        };
+        let s = file.overridden_by(flags).resolve().unwrap();
+        assert_eq!(
+            (s.bind.port(), s.tokens[0].as_str(), s.admin),
+            (1, "flag", None)
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_key_and_reason() {
+        assert!(err("tokens = []").contains("`tokens`"));
+        assert!(err("tokens = [\"a b\"]").contains("whitespace"));
+        let e = err("tokens = [\"a\"]\nkeep_alive_ms = 0");
+        assert!(
+            e.contains("`keep_alive_ms`") && e.contains("outside"),
+            "{e}"
+        );
+        let e = err("tokens = [\"a\"]\nbnid = \"x\"");
+        assert!(e.contains("unknown field `bnid`"), "{e}");
+        let e = err("tokens = [\"a\"]\nbind = \"nowhere\"");
+        assert!(e.contains("bind") && e.contains("line 2"), "{e}");
+        let e = err("tokens = [\"a\"]\n[backpressure]\nprofile = \"fast\"");
+        assert!(
+            e.contains("`backpressure.profile`") && e.contains("fast"),
+            "{e}"
+        );
+        let e = err("tokens = [\"a\"]\n[backpressure]\nlow_water_mark = 99999999999");
+        assert!(e.contains("low_water_mark must not exceed"), "{e}");
+        let e = err("tokens = [\"a\"]\n[backpressure]\ndrop_policy = \"drop-all\"");
+        assert!(e.contains("drop-all"), "{e}");
+        let e = err("tokens = [\"a\"]\n[tls]\ncert = \"c.pem\"");
+        assert!(e.contains("`tls.key`"), "{e}");
+        let e = err("tokens = [\"a\"]\nplugins = \"/definitely/not/here\"");
+        assert!(e.contains("`plugins`") && e.contains("not a folder"), "{e}");
+        let e = err("token_file = \"/definitely/not/here\"");
+        assert!(e.contains("`token_file`"), "{e}");
+    }
+}

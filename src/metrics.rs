@@ -1,0 +1,373 @@
+//! Counters and histograms of a server, rendered in the Prometheus text
+//! format by the admin listener.
+//!
+//! Everything is a relaxed atomic: sessions on every core count into the
+//! same [`Metrics`] without locks.
+
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::extension::{ExtensionStats, Pipeline};
+use crate::protocol::FrameType;
+use crate::session::DropPolicy;
+
+/// A histogram with fixed upper bounds (in seconds), Prometheus style.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds of the buckets, ascending, in seconds.
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); the last is +Inf.
+    counts: Vec<AtomicU64>,
+    /// Sum of all observations in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// A histogram with these upper bounds in seconds.
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, value: Duration) {
+        let secs = value.as_secs_f64();
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(value.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    }
+}
+
+/// Bounds of the ack round-trip histogram (100 µs to 2.5 s).
+pub const RTT_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Bounds of the hook latency histogram (250 ns to 10 ms).
+pub const HOOK_BOUNDS: &[f64] = &[
+    0.00000025, 0.0000005, 0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.0001, 0.001, 0.01,
+];
+
+/// A server's counters.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Sessions open now.
+    pub sessions_open: AtomicI64,
+    /// Sessions that completed their handshake since start.
+    pub sessions_total: AtomicU64,
+    /// Upgrade refusals by reason label.
+    refused: Mutex<Vec<(&'static str, u64)>>,
+    /// Frames received, by type (index: [`frame_index`]).
+    frames_in: [AtomicU64; 12],
+    /// Frames sent, by type.
+    frames_out: [AtomicU64; 12],
+    /// Bytes of frames received, by type.
+    bytes_in: [AtomicU64; 12],
+    /// Bytes of frames sent, by type.
+    bytes_out: [AtomicU64; 12],
+    /// Malformed frames received.
+    pub malformed: AtomicU64,
+    /// Ack round-trip times.
+    pub ack_rtt: Histogram,
+    /// Tracked frames never acknowledged within 2.5 s.
+    pub ack_timeouts: AtomicU64,
+    /// Data frames dropped by the backpressure policy, by policy.
+    queue_drops: [AtomicU64; 3],
+    /// Transactions started (both directions).
+    pub transactions_started: AtomicU64,
+    /// Transactions that completed.
+    pub transactions_finished: AtomicU64,
+    /// Transactions cancelled or failed.
+    pub transactions_cancelled: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            sessions_open: AtomicI64::new(0),
+            sessions_total: AtomicU64::new(0),
+            refused: Mutex::new(Vec::new()),
+            frames_in: Default::default(),
+            frames_out: Default::default(),
+            bytes_in: Default::default(),
+            bytes_out: Default::default(),
+            malformed: AtomicU64::new(0),
+            ack_rtt: Histogram::new(RTT_BOUNDS),
+            ack_timeouts: AtomicU64::new(0),
+            queue_drops: Default::default(),
+            transactions_started: AtomicU64::new(0),
+            transactions_finished: AtomicU64::new(0),
+            transactions_cancelled: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The position of a frame type in the per-type counters.
+fn frame_index(ty: FrameType) -> usize {
+    match ty as u8 {
+        b @ 0x00..=0x04 => b as usize,
+        b => 5 + (b - 0xf9) as usize,
+    }
+}
+
+fn policy_index(p: DropPolicy) -> usize {
+    match p {
+        DropPolicy::DropOldest => 0,
+        DropPolicy::DropNewest => 1,
+        DropPolicy::DedupeLatest => 2,
+    }
+}
+
+const POLICY_NAMES: [&str; 3] = ["drop-oldest", "drop-newest", "dedupe-latest"];
+
+impl Metrics {
+    /// Counts a received frame.
+    pub fn frame_in(&self, ty: FrameType, len: usize) {
+        let i = frame_index(ty);
+        self.frames_in[i].fetch_add(1, Ordering::Relaxed);
+        self.bytes_in[i].fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a sent frame.
+    pub fn frame_out(&self, ty: FrameType, len: usize) {
+        let i = frame_index(ty);
+        self.frames_out[i].fetch_add(1, Ordering::Relaxed);
+        self.bytes_out[i].fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// Frames received of a type.
+    pub fn frames_in(&self, ty: FrameType) -> u64 {
+        self.frames_in[frame_index(ty)].load(Ordering::Relaxed)
+    }
+
+    /// Frames sent of a type.
+    pub fn frames_out(&self, ty: FrameType) -> u64 {
+        self.frames_out[frame_index(ty)].load(Ordering::Relaxed)
+    }
+
+    /// Counts a refused upgrade.
+    pub fn refused(&self, reason: &'static str) {
+        let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        match r.iter_mut().find(|(k, _)| *k == reason) {
+            Some((_, n)) => *n += 1,
+            None => r.push((reason, 1)),
+        }
+    }
+
+    /// Refusals counted for a reason.
+    pub fn refusals(&self, reason: &str) -> u64 {
+        let r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter().find(|(k, _)| *k == reason).map_or(0, |(_, n)| *n)
+    }
+
+    /// Counts frames dropped by a policy.
+    pub fn queue_dropped(&self, policy: DropPolicy, n: u64) {
+        self.queue_drops[policy_index(policy)].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Renders everything in the Prometheus text format, including the
+    /// per-extension counters of `pipeline`.
+    pub fn render(&self, pipeline: &Pipeline) -> String {
+        let mut o = String::with_capacity(8192);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let gauge = |o: &mut String, name: &str, help: &str, kind: &str, v: String| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        gauge(
+            &mut o,
+            "camp_sessions_open",
+            "Sessions open now.",
+            "gauge",
+            self.sessions_open.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut o,
+            "camp_sessions_total",
+            "Sessions that completed the handshake.",
+            "counter",
+            load(&self.sessions_total).to_string(),
+        );
+        gauge(
+            &mut o,
+            "camp_malformed_frames_total",
+            "Malformed frames received.",
+            "counter",
+            load(&self.malformed).to_string(),
+        );
+        gauge(
+            &mut o,
+            "camp_ack_timeouts_total",
+            "Tracked frames not acknowledged within 2.5 s.",
+            "counter",
+            load(&self.ack_timeouts).to_string(),
+        );
+
+        let _ = writeln!(
+            o,
+            "# HELP camp_upgrades_refused_total Upgrade requests refused, by reason.\n# TYPE camp_upgrades_refused_total counter"
+        );
+        for (reason, n) in self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(o, "camp_upgrades_refused_total{{reason=\"{reason}\"}} {n}");
+        }
+        for (name, help, counters) in [
+            (
+                "camp_frames_in_total",
+                "Frames received, by type.",
+                &self.frames_in,
+            ),
+            (
+                "camp_frames_out_total",
+                "Frames sent, by type.",
+                &self.frames_out,
+            ),
+            (
+                "camp_bytes_in_total",
+                "Bytes of frames received, by type.",
+                &self.bytes_in,
+            ),
+            (
+                "camp_bytes_out_total",
+                "Bytes of frames sent, by type.",
+                &self.bytes_out,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for ty in FrameType::ALL {
+                let _ = writeln!(
+                    o,
+                    "{name}{{type=\"{}\"}} {}",
+                    ty.name(),
+                    load(&counters[frame_index(ty)])
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP camp_queue_drops_total Data frames dropped by backpressure, by policy.\n# TYPE camp_queue_drops_total counter"
+        );
+        for (i, policy) in POLICY_NAMES.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "camp_queue_drops_total{{policy=\"{policy}\"}} {}",
+                load(&self.queue_drops[i])
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP camp_transactions_total Transactions, by outcome.\n# TYPE camp_transactions_total counter"
+        );
+        for (outcome, v) in [
+            ("started", &self.transactions_started),
+            ("finished", &self.transactions_finished),
+            ("cancelled", &self.transactions_cancelled),
+        ] {
+            let _ = writeln!(
+                o,
+                "camp_transactions_total{{outcome=\"{outcome}\"}} {}",
+                load(v)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP camp_ack_rtt_seconds Ack round-trip time.\n# TYPE camp_ack_rtt_seconds histogram"
+        );
+        self.ack_rtt.render(&mut o, "camp_ack_rtt_seconds", "");
+
+        let extensions = pipeline.list();
+        let _ = writeln!(
+            o,
+            "# HELP camp_extension_calls_total Hook calls, by extension.\n# TYPE camp_extension_calls_total counter"
+        );
+        for e in &extensions {
+            let _ = writeln!(
+                o,
+                "camp_extension_calls_total{{extension=\"{}\"}} {}",
+                e.name,
+                load(&e.stats.calls)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP camp_extension_drops_total Messages dropped by an extension's verdict.\n# TYPE camp_extension_drops_total counter"
+        );
+        for e in &extensions {
+            let _ = writeln!(
+                o,
+                "camp_extension_drops_total{{extension=\"{}\"}} {}",
+                e.name,
+                load(&e.stats.drops)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP camp_extension_failures_total Hook failures, by extension and kind.\n# TYPE camp_extension_failures_total counter"
+        );
+        for e in &extensions {
+            for (i, kind) in ExtensionStats::FAILURE_KINDS.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "camp_extension_failures_total{{extension=\"{}\",kind=\"{kind}\"}} {}",
+                    e.name,
+                    load(&e.stats.failures[i])
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP camp_hook_duration_seconds Hook call latency, by extension.\n# TYPE camp_hook_duration_seconds histogram"
+        );
+        for e in &extensions {
+            e.stats.latency.render(
+                &mut o,
+                "camp_hook_duration_seconds",
+                &format!("extension=\"{}\"", e.name),
+            );
+        }
+        o
+    }
+}

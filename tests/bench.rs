@@ -10,8 +10,8 @@ use tokio::process::{Child, Command};
 
 const TOKEN: &str = "bench-token";
 
-/// Starts `program` with `args`; returns it and the `ws://` URL its first
-/// stdout line announces.
+/// Starts `program` with `args`; returns it and the `ws://` URL it
+/// announces on stdout.
 async fn start(program: &str, args: &[&str]) -> (Child, String) {
     let mut child = Command::new(program)
         .args(args)
@@ -22,12 +22,16 @@ async fn start(program: &str, args: &[&str]) -> (Child, String) {
         .expect("binary runs");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("the server prints its address")
-        .unwrap()
-        .unwrap();
-    let url = line[line.find("ws://").expect("a ws:// URL")..].to_string();
+    let url = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("ws://") {
+                return line[at..].to_string();
+            }
+        }
+        panic!("the server ended without printing its address");
+    })
+    .await
+    .expect("the server prints its address");
     (child, url)
 }
 
@@ -48,7 +52,10 @@ async fn bench(args: &[&str]) -> (bool, serde_json::Value) {
     .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     let last = stdout.lines().last().expect("a result line");
-    (out.status.success(), serde_json::from_str(last).expect("the last line is JSON"))
+    (
+        out.status.success(),
+        serde_json::from_str(last).expect("the last line is JSON"),
+    )
 }
 
 /// Checks an echo report of `sessions` x `messages`.
@@ -93,7 +100,15 @@ fn echo_args<'a>(url: &'a str, size: &'a str) -> Vec<&'a str> {
 async fn echo_against_the_server_binary() {
     let (mut server, url) = start(
         env!("CARGO_BIN_EXE_camp-server"),
-        &["--bind", "127.0.0.1:0", "--token", TOKEN, "--log", "warn"],
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--token",
+            TOKEN,
+            "--log",
+            "warn",
+        ],
     )
     .await;
     let (ok, report) = bench(&echo_args(&url, "64")).await;
@@ -137,7 +152,15 @@ async fn echo_against_the_baseline() {
 async fn idle_reports_memory_per_session() {
     let (mut server, url) = start(
         env!("CARGO_BIN_EXE_camp-server"),
-        &["--bind", "127.0.0.1:0", "--token", TOKEN, "--log", "warn"],
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--token",
+            TOKEN,
+            "--log",
+            "warn",
+        ],
     )
     .await;
     let pid = server.id().unwrap().to_string();

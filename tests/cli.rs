@@ -20,7 +20,11 @@ async fn camp(url: &str, token: &str, args: &[&str], stdin: Option<&str>) -> Out
         .args(args)
         .env_remove("CAMP_URL")
         .env_remove("CAMP_TOKEN")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -79,6 +79,8 @@ fn query_sid(request: &Request) -> Option<u64> {
 async fn connection(tcp: TcpStream) -> anyhow::Result<()> {
     tcp.set_nodelay(true)?;
     let mut sid = None;
+    // The callback's error type is tungstenite's, large by its design.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| {
         sid = query_sid(request);
         let offers_camp = request

@@ -52,7 +52,12 @@ struct Cli {
 #[derive(Debug, Args)]
 struct ConnArgs {
     /// The server's URL.
-    #[arg(long, env = "CAMP_URL", default_value = "ws://127.0.0.1:8080/", global = true)]
+    #[arg(
+        long,
+        env = "CAMP_URL",
+        default_value = "ws://127.0.0.1:8080/",
+        global = true
+    )]
     url: String,
     /// The bearer token.
     #[arg(long, env = "CAMP_TOKEN", hide_env_values = true, global = true)]
@@ -176,7 +181,9 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Failure> {
     // Check local inputs before dialing, so a typo costs no connection.
     let payload = match &cli.command {
-        Command::SendBinary { file, hex, .. } => Some(binary_payload(file.as_deref(), hex.as_deref())?),
+        Command::SendBinary { file, hex, .. } => {
+            Some(binary_payload(file.as_deref(), hex.as_deref())?)
+        }
         _ => None,
     };
     let (session, mut events) = connect(&cli.conn).await?;
@@ -191,7 +198,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             send_and_print(&mut events, delivery, &replies, out).await
         }
         Command::Listen { count, timeout_s } => {
-            listen(&mut events, count, timeout_s.map(Duration::from_secs_f64), out).await
+            listen(
+                &mut events,
+                count,
+                timeout_s.map(Duration::from_secs_f64),
+                out,
+            )
+            .await
         }
         Command::Interactive { linger_ms } => {
             interactive(&session, &mut events, Duration::from_millis(linger_ms), out).await
@@ -206,9 +219,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 /// Opens the session, mapping failures to exit status 3.
 async fn connect(args: &ConnArgs) -> Result<(Session, SessionEvents), Failure> {
-    let token = args.token.clone().ok_or_else(|| {
-        Failure::new(2, "no token: pass --token or set CAMP_TOKEN")
-    })?;
+    let token = args
+        .token
+        .clone()
+        .ok_or_else(|| Failure::new(2, "no token: pass --token or set CAMP_TOKEN"))?;
     let mut client = Client::new(args.url.clone(), token)
         .sid_params(args.sid_params.clone())
         .subprotocol(!args.no_subprotocol);
@@ -218,7 +232,10 @@ async fn connect(args: &ConnArgs) -> Result<(Session, SessionEvents), Failure> {
     client.connect().await.map_err(|e| {
         let message = match &e {
             ClientError::Refused { status, body } => {
-                format!("{}: server refused the upgrade with HTTP {status}: {body}", args.url)
+                format!(
+                    "{}: server refused the upgrade with HTTP {status}: {body}",
+                    args.url
+                )
             }
             other => format!("{}: {other}", args.url),
         };
@@ -229,8 +246,9 @@ async fn connect(args: &ConnArgs) -> Result<(Session, SessionEvents), Failure> {
 /// The payload of `send-binary`.
 fn binary_payload(file: Option<&std::path::Path>, hex: Option<&str>) -> Result<Vec<u8>, Failure> {
     let bytes = match (file, hex) {
-        (Some(path), _) => std::fs::read(path)
-            .map_err(|e| Failure::new(EXIT_LOCAL, format!("cannot read {}: {e}", path.display())))?,
+        (Some(path), _) => std::fs::read(path).map_err(|e| {
+            Failure::new(EXIT_LOCAL, format!("cannot read {}: {e}", path.display()))
+        })?,
         (None, Some(hex)) => parse_hex(hex).map_err(|e| Failure::new(EXIT_LOCAL, e))?,
         (None, None) => return Err(Failure::new(2, "pass --file or --hex")),
     };
@@ -253,7 +271,7 @@ fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
         .bytes()
         .filter(|b| !b.is_ascii_whitespace() && *b != b':')
         .collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(format!("odd number of hex digits in {text:?}"));
     }
     digits
@@ -318,12 +336,18 @@ impl Printer {
 fn ended(info: &CloseInfo) -> Result<(), Failure> {
     let who = if info.by_peer { "server" } else { "client" };
     if info.code == close::GRACEFUL {
-        eprintln!("camp: session closed by the {who} ({}): {}", info.code, info.reason);
+        eprintln!(
+            "camp: session closed by the {who} ({}): {}",
+            info.code, info.reason
+        );
         Ok(())
     } else {
         Err(Failure::new(
             EXIT_CLOSED,
-            format!("session ended by the {who} with code {}: {}", info.code, info.reason),
+            format!(
+                "session ended by the {who} with code {}: {}",
+                info.code, info.reason
+            ),
         ))
     }
 }
@@ -363,7 +387,10 @@ async fn send_and_print(
         }
     };
     let rtt = rtt.map_err(|e| Failure::new(EXIT_UNDELIVERED, format!("not delivered: {e}")))?;
-    eprintln!("camp: delivered (ack after {:.3} ms)", rtt.as_secs_f64() * 1e3);
+    eprintln!(
+        "camp: delivered (ack after {:.3} ms)",
+        rtt.as_secs_f64() * 1e3
+    );
     for m in early {
         if printed < replies.replies {
             out.message(&m);
@@ -449,7 +476,12 @@ async fn interactive(
     let mut pending: JoinSet<Result<(), String>> = JoinSet::new();
     let mut undelivered = 0u64;
     let track = |pending: &mut JoinSet<Result<(), String>>, what: String, d: Delivery| {
-        pending.spawn(async move { d.acked().await.map(drop).map_err(|e| format!("{what}: {e}")) });
+        pending.spawn(async move {
+            d.acked()
+                .await
+                .map(drop)
+                .map_err(|e| format!("{what}: {e}"))
+        });
     };
     let mut bye: Option<String> = None;
     loop {
@@ -494,9 +526,18 @@ async fn interactive(
     // linger for late replies.
     let settle_until = Instant::now() + ACK_WAIT;
     // A /bye closes without waiting for late replies.
-    let linger_until = Instant::now() + if bye.is_some() { Duration::ZERO } else { linger };
+    let linger_until = Instant::now()
+        + if bye.is_some() {
+            Duration::ZERO
+        } else {
+            linger
+        };
     loop {
-        let until = if pending.is_empty() { linger_until } else { settle_until.max(linger_until) };
+        let until = if pending.is_empty() {
+            linger_until
+        } else {
+            settle_until.max(linger_until)
+        };
         tokio::select! {
             Some(done) = pending.join_next(), if !pending.is_empty() => {
                 if let Ok(Err(e)) = done {
@@ -531,7 +572,10 @@ mod tests {
 
     #[test]
     fn hex_round_trips() {
-        assert_eq!(parse_hex("cafe 01:ff").unwrap(), vec![0xca, 0xfe, 0x01, 0xff]);
+        assert_eq!(
+            parse_hex("cafe 01:ff").unwrap(),
+            vec![0xca, 0xfe, 0x01, 0xff]
+        );
         assert!(parse_hex("abc").is_err());
         assert!(parse_hex("zz").is_err());
         assert_eq!(to_hex(&[0, 0xab]), "00ab");
@@ -542,10 +586,16 @@ mod tests {
         let plain = Printer { json: false };
         let json = Printer { json: true };
         assert_eq!(plain.format(&Message::Utf8("hi".into())), "hi");
-        assert_eq!(plain.format(&Message::Binary(vec![1, 2])), "[binary 2 bytes] 0102");
+        assert_eq!(
+            plain.format(&Message::Binary(vec![1, 2])),
+            "[binary 2 bytes] 0102"
+        );
         assert_eq!(plain.format(&Message::Error("bad".into())), "[error] bad");
         let v: serde_json::Value =
             serde_json::from_str(&json.format(&Message::Binary(vec![0xff]))).unwrap();
-        assert_eq!(v, serde_json::json!({"type": "binary", "len": 1, "hex": "ff"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "binary", "len": 1, "hex": "ff"})
+        );
     }
 }

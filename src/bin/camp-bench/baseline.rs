@@ -17,8 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::wire::{self, TRACKED_HEADER, ty};
 
@@ -28,6 +28,11 @@ pub(crate) struct BaselineArgs {
     /// Loopback address and port to listen on (port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:8090")]
     bind: SocketAddr,
+    /// tungstenite's read buffer per connection, in bytes (its default is
+    /// 128 KiB; set it to what the CAMP server uses to compare like with
+    /// like).
+    #[arg(long, default_value_t = 128 * 1024)]
+    read_buffer: usize,
     /// Stop after this many seconds (the server is bounded in time).
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     max_s: u64,
@@ -40,12 +45,13 @@ pub(crate) async fn run(args: BaselineArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {bind}"))?;
     let local = listener.local_addr()?;
     println!("camp-bench baseline listening on ws://{local}/");
+    let config = WebSocketConfig::default().read_buffer_size(args.read_buffer.max(256));
     let serve = async {
         loop {
             match listener.accept().await {
                 Ok((tcp, _)) => {
                     tokio::spawn(async move {
-                        if let Err(e) = connection(tcp).await {
+                        if let Err(e) = connection(tcp, config).await {
                             eprintln!("baseline: connection ended: {e:#}");
                         }
                     });
@@ -76,7 +82,7 @@ fn query_sid(request: &Request) -> Option<u64> {
 }
 
 /// Serves one connection until it closes.
-async fn connection(tcp: TcpStream) -> anyhow::Result<()> {
+async fn connection(tcp: TcpStream, config: WebSocketConfig) -> anyhow::Result<()> {
     tcp.set_nodelay(true)?;
     let mut sid = None;
     // The callback's error type is tungstenite's, large by its design.
@@ -97,7 +103,8 @@ async fn connection(tcp: TcpStream) -> anyhow::Result<()> {
         }
         Ok(response)
     };
-    let mut ws = tokio_tungstenite::accept_hdr_async(tcp, callback).await?;
+    let mut ws =
+        tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config)).await?;
     let mut sid = sid.unwrap_or(0);
     let mut next_ack: u32 = 0;
     ws.send(Ws::Binary(wire::endpoint_info(sid, next_ack, 1)))

@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Error as WsError;
@@ -23,6 +24,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 use crate::extension::Pipeline;
 use crate::protocol;
 use crate::server::SUBPROTOCOL;
+pub use crate::server::tls::{ClientTls, TlsError};
 use crate::session::{
     Backpressure, CloseInfo, Driver, Role, Session, SessionConfig, SessionEvents, event_channel,
 };
@@ -30,12 +32,15 @@ use crate::session::{
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The URL is not a `ws://` URL with a host.
+    /// The URL is not a `ws://` or `wss://` URL with a host.
     #[error("invalid URL: {0}")]
     InvalidUrl(String),
-    /// The TCP connection failed.
+    /// The TCP connection or the TLS handshake failed.
     #[error("cannot connect: {0}")]
     Io(#[from] std::io::Error),
+    /// No TLS roots could be loaded for a `wss://` URL.
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] TlsError),
     /// The server refused the upgrade with this HTTP status.
     #[error("server refused the upgrade with HTTP {status}: {body}")]
     Refused {
@@ -65,6 +70,8 @@ pub struct Client {
     handshake_timeout: Duration,
     backpressure: Backpressure,
     pipeline: Pipeline,
+    /// Roots trusted for `wss://` (default: the system bundle).
+    tls: Option<ClientTls>,
 }
 
 impl Client {
@@ -80,7 +87,21 @@ impl Client {
             handshake_timeout: Duration::from_secs(10),
             backpressure: Backpressure::default(),
             pipeline: Pipeline::new(),
+            tls: None,
         }
+    }
+
+    /// The certificate authorities trusted for `wss://` URLs (default: the
+    /// system bundle, see [`ClientTls::system`]).
+    pub fn tls(mut self, roots: ClientTls) -> Client {
+        self.tls = Some(roots);
+        self
+    }
+
+    /// Liveness window: the session reports statistics this often.
+    pub fn keep_alive(mut self, interval: Duration) -> Client {
+        self.keep_alive = interval;
+        self
     }
 
     /// The session id to ask for (default: random).
@@ -123,24 +144,37 @@ impl Client {
 
     /// Connects, upgrades and runs the CAMP handshake.
     pub async fn connect(self) -> Result<(Session, SessionEvents), ClientError> {
+        self.connect_until(None).await
+    }
+
+    /// Like [`Client::connect`]; the session closes gracefully when
+    /// `shutdown` turns true (a server's peers use the server's signal).
+    pub(crate) async fn connect_until(
+        self,
+        shutdown: Option<watch::Receiver<bool>>,
+    ) -> Result<(Session, SessionEvents), ClientError> {
         let sid = self.sid.unwrap_or_else(random_sid);
         let uri: Uri = self
             .url
             .parse()
             .map_err(|e| ClientError::InvalidUrl(format!("{}: {e}", self.url)))?;
-        if uri.scheme_str() != Some("ws") {
-            return Err(ClientError::InvalidUrl(format!(
-                "{}: only ws:// is supported",
-                self.url
-            )));
-        }
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => {
+                return Err(ClientError::InvalidUrl(format!(
+                    "{}: only ws:// and wss:// are supported",
+                    self.url
+                )));
+            }
+        };
         let host = uri
             .host()
             .ok_or_else(|| ClientError::InvalidUrl(format!("{}: no host", self.url)))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let mut query = uri.query().map(|q| format!("{q}&")).unwrap_or_default();
         query.push_str(&format!(
             "authorization=Bearer%20{}",
@@ -150,7 +184,11 @@ impl Client {
             query.push_str(&format!("&{name}={sid}"));
         }
         let target = format!("{}?{query}", uri.path());
-        let full = format!("ws://{}{target}", uri.authority().expect("host checked"));
+        let scheme = if secure { "wss" } else { "ws" };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| ClientError::InvalidUrl(format!("{}: no host", self.url)))?;
+        let full = format!("{scheme}://{authority}{target}");
         let mut request = full
             .into_client_request()
             .map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
@@ -163,9 +201,35 @@ impl Client {
         let tcp = TcpStream::connect((host.as_str(), port)).await?;
         let _ = tcp.set_nodelay(true);
         let remote = tcp.peer_addr().ok();
+        if !secure {
+            return self.establish(tcp, request, sid, remote, shutdown).await;
+        }
+        let roots = match &self.tls {
+            Some(roots) => roots.clone(),
+            None => ClientTls::system()?,
+        };
+        let name = rustls_pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| ClientError::InvalidUrl(format!("{}: {e}", self.url)))?;
+        let stream = roots.connector().connect(name, tcp).await?;
+        self.establish(stream, request, sid, remote, shutdown).await
+    }
+
+    /// Upgrades `stream` to a WebSocket, runs the CAMP handshake and starts
+    /// the session's task.
+    async fn establish<S>(
+        self,
+        stream: S,
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+        sid: u64,
+        remote: Option<std::net::SocketAddr>,
+        shutdown: Option<watch::Receiver<bool>>,
+    ) -> Result<(Session, SessionEvents), ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (ws, _) = tokio_tungstenite::client_async_with_config(
             request,
-            tcp,
+            stream,
             Some(crate::server::ws_config()),
         )
         .await
@@ -191,7 +255,7 @@ impl Client {
         let features = driver.handshake().await.map_err(ClientError::Handshake)?;
         let (session, commands) = Session::new(sid, remote, features);
         let (events_tx, events) = event_channel();
-        let (_never, shutdown) = watch::channel(false);
+        let shutdown = shutdown.unwrap_or_else(|| watch::channel(false).1);
         tokio::spawn(driver.run(session.clone(), commands, events_tx, shutdown));
         Ok((session, events))
     }

@@ -4,11 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use camp_server::config::{AdminConfig, BackpressureConfig, Config};
+use anyhow::Context;
+use camp_server::config::{AdminConfig, BackpressureConfig, Config, TlsConfig as TlsFiles};
 use camp_server::extension::Message;
 use camp_server::server::Server;
-use camp_server::session::{Session, SessionEvents};
+use camp_server::server::tls::TlsConfig;
+use camp_server::session::{Session, SessionEvent, SessionEvents};
 use clap::Parser;
 
 /// Command-line options. Every option can also be set in the `--config`
@@ -52,6 +53,12 @@ struct Args {
     /// Do not start the admin listener.
     #[arg(long)]
     no_admin: bool,
+    /// PEM certificate chain: serve TLS (wss://) with it (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Log filter (RUST_LOG syntax) [default: info]; RUST_LOG wins when set.
     #[arg(long)]
     log: Option<String>,
@@ -67,7 +74,10 @@ impl Args {
             keep_alive_ms: self.keep_alive_ms,
             log: self.log.clone(),
             plugins: None,
-            tls: None,
+            tls: self.tls_cert.clone().map(|cert| TlsFiles {
+                cert: Some(cert),
+                key: self.tls_key.clone(),
+            }),
             backpressure: self
                 .backpressure_profile
                 .clone()
@@ -94,15 +104,19 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    if settings.tls.is_some() {
-        bail!("TLS is configured but this build does not serve TLS yet");
-    }
 
-    let (server, mut incoming) = Server::builder()
+    let mut builder = Server::builder()
         .tokens(settings.tokens.clone())
         .keep_alive(settings.keep_alive)
-        .backpressure(settings.backpressure)
-        .build();
+        .backpressure(settings.backpressure);
+    let scheme = match &settings.tls {
+        Some((cert, key)) => {
+            builder = builder.tls(TlsConfig::from_pem_files(cert, key)?);
+            "wss"
+        }
+        None => "ws",
+    };
+    let (server, mut incoming) = builder.build();
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
         .with_context(|| format!("cannot listen on {}", settings.bind))?;
@@ -124,8 +138,8 @@ async fn main() -> anyhow::Result<()> {
             },
         ));
     }
-    tracing::info!("listening on ws://{local}/");
-    println!("camp-server listening on ws://{local}/");
+    tracing::info!("listening on {scheme}://{local}/");
+    println!("camp-server listening on {scheme}://{local}/");
 
     tokio::spawn(async move {
         while let Some((session, events)) = incoming.next().await {
@@ -139,13 +153,28 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The built-in application: every message that reaches it goes back to
-/// its session.
+/// its session, and every stream is streamed back with the same name and
+/// behaviour (PUSH stays PUSH, PULL stays PULL).
 async fn echo(session: Session, mut events: SessionEvents) {
-    while let Some(message) = events.next_message().await {
-        match message {
-            Message::Utf8(text) => drop(session.send_utf8(text)),
-            Message::Binary(bytes) => drop(session.send_binary(bytes)),
-            Message::Error(text) => tracing::info!(sid = session.id(), "peer reported: {text}"),
+    while let Some(event) = events.next().await {
+        match event {
+            SessionEvent::Message(Message::Utf8(text)) => drop(session.send_utf8(text)),
+            SessionEvent::Message(Message::Binary(bytes)) => drop(session.send_binary(bytes)),
+            SessionEvent::Message(Message::Error(text)) => {
+                tracing::info!(sid = session.id(), "peer reported: {text}")
+            }
+            SessionEvent::Stream(stream) => {
+                let options = stream.options();
+                let transfer = session.stream(stream, options);
+                let sid = session.id();
+                tokio::spawn(async move {
+                    if let Err(e) = transfer.await {
+                        tracing::info!(sid, "stream echo failed: {e}");
+                    }
+                });
+            }
+            SessionEvent::Stats(_) => {}
+            SessionEvent::Closed(_) => break,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! ```
 
 mod registry;
+pub mod tls;
 mod upgrade;
 
 pub(crate) use upgrade::read_head as read_request_head;
@@ -40,6 +41,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::client::{Client, ClientError};
 use crate::extension::Pipeline;
 use crate::metrics::Metrics;
 use crate::protocol;
@@ -47,6 +49,7 @@ use crate::session::{
     Backpressure, Driver, Role, Session, SessionConfig, SessionEvents, event_channel,
 };
 use registry::Registry;
+use tls::{ClientTls, TlsConfig};
 use upgrade::Prefixed;
 
 /// An async check of a bearer token: true admits the client.
@@ -67,6 +70,10 @@ pub struct ServerBuilder {
     backpressure: Backpressure,
     validator: Option<Validator>,
     pipeline: Pipeline,
+    /// Certificate and key when the server speaks TLS.
+    tls: Option<TlsConfig>,
+    /// Roots trusted when dialing `wss://` peers.
+    peer_tls: Option<ClientTls>,
 }
 
 impl Default for ServerBuilder {
@@ -77,6 +84,8 @@ impl Default for ServerBuilder {
             backpressure: Backpressure::default(),
             validator: None,
             pipeline: Pipeline::new(),
+            tls: None,
+            peer_tls: None,
         }
     }
 }
@@ -132,6 +141,19 @@ impl ServerBuilder {
         self
     }
 
+    /// Serve TLS (`wss://`) with this certificate instead of plain TCP.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The roots [`Server::connect_peer`] trusts for `wss://` peers
+    /// (default: the system bundle).
+    pub fn peer_tls(mut self, roots: ClientTls) -> Self {
+        self.peer_tls = Some(roots);
+        self
+    }
+
     /// Builds the server and the stream of its new sessions.
     pub fn build(self) -> (Server, Incoming) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -148,6 +170,8 @@ impl ServerBuilder {
                 .validator
                 .unwrap_or_else(|| Arc::new(|_| Box::pin(async { false }))),
             pipeline: self.pipeline,
+            tls: self.tls,
+            peer_tls: self.peer_tls,
             registry: Registry::default(),
             incoming: tx,
             shutdown,
@@ -176,6 +200,10 @@ struct Inner {
     session: SessionConfig,
     validator: Validator,
     pipeline: Pipeline,
+    /// Accept TLS with this certificate.
+    tls: Option<TlsConfig>,
+    /// Roots for `wss://` peers.
+    peer_tls: Option<ClientTls>,
     registry: Registry,
     incoming: mpsc::UnboundedSender<(Session, SessionEvents)>,
     /// Turns true when the server shuts down; every session watches it.
@@ -212,6 +240,34 @@ impl Server {
     /// The open session with this id.
     pub fn session(&self, sid: u64) -> Option<Session> {
         self.inner.registry.get(sid)
+    }
+
+    /// Dials another CAMP server (`ws://` or `wss://` URL, bearer `token`;
+    /// the reference's `ConnectPeer`) and returns the session, with the
+    /// same API as an accepted one: this server's keep-alive, backpressure
+    /// and extension pipeline apply, and it closes when the server shuts
+    /// down. The session id goes as both `x-camp-sid` and `x-CAMP-sid`, so
+    /// the reference server (which reads only the latter) accepts it; no
+    /// subprotocol is offered, like the reference's own peer client.
+    pub async fn connect_peer(
+        &self,
+        url: impl Into<String>,
+        token: impl Into<String>,
+    ) -> Result<(Session, SessionEvents), ClientError> {
+        let config = &self.inner.session;
+        let mut client = Client::new(url, token)
+            .sid_params(["x-camp-sid", "x-CAMP-sid"])
+            .subprotocol(false)
+            .keep_alive(config.keep_alive)
+            .handshake_timeout(config.handshake_timeout)
+            .backpressure(config.backpressure)
+            .pipeline(self.inner.pipeline.clone());
+        if let Some(roots) = &self.inner.peer_tls {
+            client = client.tls(roots.clone());
+        }
+        client
+            .connect_until(Some(self.inner.shutdown.subscribe()))
+            .await
     }
 
     /// Accepts connections on `listener` until `shutdown` completes; then
@@ -261,7 +317,14 @@ impl Server {
 impl Inner {
     /// Handles one accepted TCP connection from request to close.
     async fn accept(&self, tcp: TcpStream, remote: SocketAddr) {
-        self.upgrade(tcp, remote).await;
+        let Some(tls) = &self.tls else {
+            return self.upgrade(tcp, remote).await;
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, tls.acceptor().accept(tcp)).await {
+            Ok(Ok(stream)) => self.upgrade(stream, remote).await,
+            Ok(Err(e)) => tracing::info!(%remote, "TLS handshake failed: {e}"),
+            Err(_) => tracing::info!(%remote, "TLS handshake not completed in time"),
+        }
     }
 
     // The WebSocket library's callback type fixes a large error type.

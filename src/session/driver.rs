@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use super::ack::AckTracker;
 use super::queue::{Backpressure, Class, Item, Pushed, Queue};
+use super::transaction::{Transactions, TxEffect};
 use super::{CloseInfo, Command, DeliveryError, Session, SessionEvent, SessionEvents, Stats};
 use crate::extension::{Hook, Message, Pipeline, Verdict};
 use crate::metrics::Metrics;
@@ -87,6 +88,8 @@ pub(crate) struct Driver<S> {
     acks: AckTracker,
     /// Malformed frames received so far.
     malformed: u32,
+    /// Open transactions (streams) both ways.
+    tx: Transactions,
 }
 
 /// What ended the main loop.
@@ -120,7 +123,7 @@ where
         ));
         Driver {
             stream,
-            queue,
+            queue: queue.clone(),
             writer,
             bytes_tx,
             bytes_rx: 0,
@@ -130,6 +133,7 @@ where
             pipeline,
             acks: AckTracker::new(),
             malformed: 0,
+            tx: Transactions::new(sid, queue, role == Role::Server),
         }
     }
 
@@ -330,6 +334,12 @@ where
         mut shutdown: watch::Receiver<bool>,
     ) -> CloseInfo {
         self.pipeline.session_opened(&session);
+        session.attach_queue(self.queue.clone());
+        self.tx.attach(session.command_sender());
+        // Above the receive budget (chunks buffered for slow stream
+        // readers) the socket is not read until readers catch up; commands
+        // are still served meanwhile.
+        let rx_budget = self.tx.budget();
         let keep_alive = self.config.keep_alive;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -344,8 +354,9 @@ where
             {
                 expiry.as_mut().reset(Instant::from_std(d));
             }
+            let rx_paused = rx_budget.exhausted();
             tokio::select! {
-                frame = self.next_frame() => {
+                frame = self.next_frame(), if !rx_paused => {
                     heard_since_tick = true;
                     match frame {
                         Ok(frame) => {
@@ -360,9 +371,15 @@ where
                     Command::Send(message, tx) => self.send_message(message, tx, &session),
                     Command::Ping => self.push(Body::Ping(PingPong::Ping), Class::Control),
                     Command::Close(code, reason) => break Exit::Local(code, reason),
+                    Command::Tx(command) => {
+                        self.tx.on_command(&mut self.acks, command, session.peer_features());
+                    }
                 },
+                _ = rx_budget.room(), if rx_paused => {}
                 _ = heartbeat.tick() => {
-                    if !heard_since_tick && self.role == Role::Server {
+                    // While our own readers hold reading up, the peer's
+                    // silence is ours: do not count it against the peer.
+                    if !heard_since_tick && self.role == Role::Server && !rx_budget.exhausted() {
                         break Exit::Local(
                             close::CLIENT_ERROR,
                             format!("heartbeat timeout: nothing received for {keep_alive:?}"),
@@ -388,6 +405,7 @@ where
                 }
             }
         };
+        self.tx.close();
         let info = self.finish(exit).await;
         session.set_stats(self.stats());
         session.mark_closed();
@@ -488,18 +506,20 @@ where
             Body::Utf8 { text, .. } => Message::Utf8(text),
             Body::Binary { data, .. } => Message::Binary(data.to_vec()),
             Body::Error { message, .. } => Message::Error(message),
-            Body::TxStart { .. }
+            body @ (Body::TxStart { .. }
             | Body::TxChunk { .. }
             | Body::TxFinish { .. }
             | Body::TxFetch { .. }
-            | Body::TxCancel { .. } => {
-                self.push_tracked(Body::Error {
-                    ack: 0,
-                    message: format!(
-                        "{} refused: this endpoint does not announce the transactions feature",
-                        ty.name()
-                    ),
-                });
+            | Body::TxCancel { .. }) => {
+                match self.tx.on_frame(&mut self.acks, body) {
+                    Some(TxEffect::Malformed(why)) => return self.malformed(why),
+                    Some(TxEffect::Announce(stream)) => {
+                        if let Some(stream) = session.offer_stream(stream) {
+                            let _ = events.send(SessionEvent::Stream(stream)).await;
+                        }
+                    }
+                    None => {}
+                }
                 return None;
             }
         };

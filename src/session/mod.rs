@@ -6,22 +6,30 @@
 //! returned [`Delivery`] can be awaited until the peer acknowledged it.
 //! Everything that happens on the session reaches the application as a
 //! [`SessionEvent`] on its [`SessionEvents`] stream.
+//!
+//! Streams (CAMP.Transaction) go out with [`Session::stream`] and come in
+//! as [`IncomingStream`]s; see the [`transaction`] module.
 
 mod ack;
 mod driver;
 mod queue;
+pub mod transaction;
 
 pub use ack::ACK_TIMEOUT;
-pub use queue::{Backpressure, DropPolicy};
+pub use queue::{Backpressure, DropPolicy, QueueStats};
+pub use transaction::{
+    IncomingStream, StreamOptions, StreamRange, Transfer, TransferError, WaitError,
+};
 
 pub(crate) use driver::{Driver, Role, SessionConfig, event_channel};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncSeek};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::extension::Message;
@@ -96,6 +104,9 @@ pub enum SessionEvent {
     Message(Message),
     /// The statistics, once per heartbeat interval.
     Stats(Stats),
+    /// The peer announced a stream that no
+    /// [`Session::wait_for_stream`] was waiting for. Dropping it cancels it.
+    Stream(IncomingStream),
     /// The session ended; no event follows.
     Closed(CloseInfo),
 }
@@ -110,12 +121,13 @@ impl SessionEvents {
         self.0.recv().await
     }
 
-    /// The next message, skipping statistics; `None` once the session closed.
+    /// The next message, skipping statistics and cancelling streams;
+    /// `None` once the session closed.
     pub async fn next_message(&mut self) -> Option<Message> {
         loop {
             match self.0.recv().await? {
                 SessionEvent::Message(m) => return Some(m),
-                SessionEvent::Stats(_) => {}
+                SessionEvent::Stats(_) | SessionEvent::Stream(_) => {}
                 SessionEvent::Closed(_) => return None,
             }
         }
@@ -141,6 +153,9 @@ pub(crate) enum Command {
     Ping,
     /// Say BYE and close with this code.
     Close(u16, String),
+    /// Transactions: start a stream, fetch, cancel, and sender-task
+    /// bookkeeping.
+    Tx(transaction::TxCommand),
 }
 
 /// What a [`Session::detached`] session was asked to do.
@@ -166,11 +181,16 @@ pub struct Outbox(mpsc::UnboundedReceiver<Command>);
 impl Outbox {
     /// The next request, if one is waiting.
     pub fn try_recv(&mut self) -> Option<Outgoing> {
-        self.0.try_recv().ok().map(|c| match c {
-            Command::Send(m, _) => Outgoing::Message(m),
-            Command::Ping => Outgoing::Ping,
-            Command::Close(code, reason) => Outgoing::Close { code, reason },
-        })
+        loop {
+            return Some(match self.0.try_recv().ok()? {
+                Command::Send(m, _) => Outgoing::Message(m),
+                Command::Ping => Outgoing::Ping,
+                Command::Close(code, reason) => Outgoing::Close { code, reason },
+                // A detached session has no peer to stream to; dropping the
+                // request fails its transfer with `Closed`.
+                Command::Tx(_) => continue,
+            });
+        }
     }
 }
 
@@ -192,6 +212,10 @@ struct Shared {
     closed: AtomicBool,
     /// Latest statistics, updated by the task.
     stats: Mutex<Stats>,
+    /// The outgoing queue, once the session runs (for [`Session::queue_stats`]).
+    queue: OnceLock<Arc<queue::Queue>>,
+    /// [`Session::wait_for_stream`] callers, by stream name.
+    stream_waiters: Mutex<transaction::Waiters>,
 }
 
 /// A handle to a session. Cheap to clone; every clone is the same session.
@@ -221,6 +245,8 @@ impl Session {
             commands: tx,
             closed: AtomicBool::new(false),
             stats: Mutex::default(),
+            queue: OnceLock::new(),
+            stream_waiters: Mutex::default(),
         };
         (
             Session {
@@ -325,6 +351,7 @@ impl Session {
 
     pub(crate) fn mark_closed(&self) {
         self.shared.closed.store(true, Ordering::Release);
+        self.waiters().clear();
     }
 
     /// The latest statistics.
@@ -334,5 +361,115 @@ impl Session {
 
     pub(crate) fn set_stats(&self, stats: Stats) {
         *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+    }
+
+    /// Sends `reader` as a stream (CAMP.Transaction) and returns the
+    /// transfer, which completes once the peer acknowledged its end.
+    ///
+    /// PUSH reads the source front to back. PULL needs the size up front,
+    /// so a plain reader is first spooled to an anonymous temporary file;
+    /// use [`Session::stream_seekable`] for files to serve ranges straight
+    /// from them.
+    pub fn stream(
+        &self,
+        reader: impl AsyncRead + Send + 'static,
+        options: StreamOptions,
+    ) -> Transfer {
+        self.start_stream(transaction::Source::Reader(Box::pin(reader)), options)
+    }
+
+    /// Sends a seekable source (a file) as a stream: PULL reads exactly the
+    /// ranges the peer fetches, PUSH reads it from byte 0. The size is the
+    /// source's length.
+    pub fn stream_seekable(
+        &self,
+        source: impl AsyncRead + AsyncSeek + Send + 'static,
+        options: StreamOptions,
+    ) -> Transfer {
+        self.start_stream(transaction::Source::Seekable(Box::pin(source)), options)
+    }
+
+    fn start_stream(&self, source: transaction::Source, options: StreamOptions) -> Transfer {
+        let (command, transfer) = transaction::request(source, options);
+        // A closed session drops the request, which fails the transfer.
+        let _ = self.shared.commands.send(Command::Tx(command));
+        transfer
+    }
+
+    /// Waits for the peer to announce a stream called `name` (the
+    /// reference's `WaitForStream`). Registers at the call, so call it
+    /// before the peer may announce; a stream announced while nobody waits
+    /// for its name is delivered as [`SessionEvent::Stream`] instead.
+    pub fn wait_for_stream(
+        &self,
+        name: impl Into<String>,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<IncomingStream, WaitError>> + Send + 'static {
+        let name = name.into();
+        let (tx, mut rx) = oneshot::channel();
+        let closed = self.is_closed();
+        if !closed {
+            self.waiters().add(name.clone(), tx);
+        }
+        let session = self.clone();
+        async move {
+            if closed {
+                return Err(WaitError::Closed);
+            }
+            match tokio::time::timeout(timeout, &mut rx).await {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(_)) => Err(WaitError::Closed),
+                Err(_) => {
+                    rx.close();
+                    // It may have arrived just now.
+                    if let Ok(stream) = rx.try_recv() {
+                        return Ok(stream);
+                    }
+                    session.waiters().prune(&name);
+                    Err(WaitError::Timeout)
+                }
+            }
+        }
+    }
+
+    /// Asks the sender of a PULL stream for `[start, end)` (the reference's
+    /// `StreamRequestRange`); see [`IncomingStream::request_range`].
+    pub fn request_range(
+        &self,
+        stream: &IncomingStream,
+        start: u64,
+        end: u64,
+    ) -> std::io::Result<StreamRange> {
+        stream.request_range(start, end)
+    }
+
+    /// The outgoing queue right now (bytes, frames, peak, drops).
+    pub fn queue_stats(&self) -> QueueStats {
+        self.shared
+            .queue
+            .get()
+            .map(|q| q.stats())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn attach_queue(&self, queue: Arc<queue::Queue>) {
+        let _ = self.shared.queue.set(queue);
+    }
+
+    pub(crate) fn command_sender(&self) -> mpsc::UnboundedSender<Command> {
+        self.shared.commands.clone()
+    }
+
+    /// Hands an announced stream to a waiter for its name, or gives it
+    /// back.
+    pub(crate) fn offer_stream(&self, stream: IncomingStream) -> Option<IncomingStream> {
+        self.waiters().offer(stream)
+    }
+
+    fn waiters(&self) -> std::sync::MutexGuard<'_, transaction::Waiters> {
+        self.shared
+            .stream_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -143,11 +143,33 @@ impl Item {
     }
 }
 
+/// A snapshot of a session's outgoing queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Bytes of frames waiting now.
+    pub bytes: usize,
+    /// Frames waiting now.
+    pub frames: usize,
+    /// The most bytes that ever waited at once: with data and transaction
+    /// frames this stays within `max_queued_bytes` (protocol frames of a
+    /// few dozen bytes are always admitted and may add to it).
+    pub peak_bytes: usize,
+    /// Data frames dropped by the policy so far.
+    pub drops: u64,
+}
+
+/// The queue's contents and counters, behind the queue's lock.
 #[derive(Default)]
 struct State {
+    /// Frames in send order.
     items: VecDeque<Item>,
+    /// Sum of the frames' encoded lengths.
     bytes: usize,
+    /// Highest `bytes` seen.
+    peak_bytes: usize,
+    /// No more pushes; the writer drains what is left.
     closed: bool,
+    /// Data frames dropped by the policy.
     drops: u64,
 }
 
@@ -250,6 +272,7 @@ impl Queue {
             }
         }
         s.bytes += len;
+        s.peak_bytes = s.peak_bytes.max(s.bytes);
         s.items.push_back(item);
         drop(s);
         self.readable.notify_one();
@@ -268,6 +291,7 @@ impl Queue {
                 }
                 if !self.full(&s, len) || s.items.is_empty() {
                     s.bytes += len;
+                    s.peak_bytes = s.peak_bytes.max(s.bytes);
                     s.items.push_back(item);
                     drop(s);
                     self.readable.notify_one();
@@ -333,9 +357,104 @@ impl Queue {
         self.lock().drops
     }
 
-    /// Bytes and frames waiting now.
-    pub(crate) fn depth(&self) -> (usize, usize) {
+    /// Bytes and frames waiting now, the peak and the drops.
+    pub(crate) fn stats(&self) -> QueueStats {
         let s = self.lock();
-        (s.bytes, s.items.len())
+        QueueStats {
+            bytes: s.bytes,
+            frames: s.items.len(),
+            peak_bytes: s.peak_bytes,
+            drops: s.drops,
+        }
+    }
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("limits", &self.limits)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn frame(len: usize, class: Class) -> Item {
+        Item::Frame {
+            bytes: Bytes::from(vec![0; len]),
+            ty: match class {
+                Class::Transaction => FrameType::TxChunk,
+                _ => FrameType::Binary,
+            },
+            class,
+            ack: None,
+        }
+    }
+
+    fn small() -> Backpressure {
+        Backpressure {
+            max_queued_bytes: 100,
+            max_queue_count: 10,
+            ..Backpressure::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn push_wait_waits_for_room_keeps_order_and_respects_the_cap() {
+        let q = Arc::new(Queue::new(small()));
+        q.push_wait(frame(60, Class::Transaction)).await.unwrap();
+        // 60 + 60 > 100: the second waits until the writer takes the first.
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.push_wait(frame(60, Class::Transaction)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        assert_eq!(q.stats().frames, 1);
+        let mut batch = Vec::new();
+        assert!(q.pop_batch(&mut batch).await);
+        assert_eq!(batch.len(), 1);
+        waiting.await.unwrap().unwrap();
+        assert_eq!(q.stats().frames, 1);
+        assert!(q.stats().peak_bytes <= 100);
+    }
+
+    #[tokio::test]
+    async fn push_wait_gives_up_when_the_queue_closes() {
+        let q = Arc::new(Queue::new(small()));
+        q.push_wait(frame(90, Class::Transaction)).await.unwrap();
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.push_wait(frame(90, Class::Transaction)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        q.close();
+        assert!(waiting.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn data_frames_never_evict_transaction_frames() {
+        let q = Queue::new(small());
+        q.push_wait(frame(50, Class::Transaction)).await.unwrap();
+        assert!(matches!(q.push(frame(40, Class::Data)), Pushed::Queued(_)));
+        // Full: drop-oldest evicts the data frame, not the chunk.
+        assert!(matches!(q.push(frame(40, Class::Data)), Pushed::Queued(_)));
+        assert_eq!(q.stats().drops, 1);
+        // Nothing evictable is big enough: the new data frame goes.
+        assert!(matches!(q.push(frame(60, Class::Data)), Pushed::Dropped(_)));
+        let mut batch = Vec::new();
+        q.pop_batch(&mut batch).await;
+        assert!(matches!(
+            batch[0],
+            Item::Frame {
+                class: Class::Transaction,
+                ..
+            }
+        ));
     }
 }

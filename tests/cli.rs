@@ -220,3 +220,149 @@ async fn bad_local_input_exits_1_without_connecting() {
     assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
     assert!(stderr(&out).contains("hex"), "{}", stderr(&out));
 }
+
+/// A payload whose every byte depends on its position.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+        .collect()
+}
+
+/// What a stream-collecting server received: name, behaviour, bytes.
+type Received = (String, &'static str, Vec<u8>);
+
+/// A server that reads every stream it is sent to the end and reports it.
+async fn collector() -> (TestServer, tokio::sync::mpsc::UnboundedReceiver<Received>) {
+    use tokio::io::AsyncReadExt;
+    let (server, mut incoming) = Server::builder().tokens([TOKEN]).build();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((_session, mut events)) = incoming.next().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(event) = events.next().await {
+                    if let camp_server::session::SessionEvent::Stream(mut stream) = event {
+                        let name = stream.name().to_string();
+                        let behaviour = stream.behaviour().name();
+                        let mut bytes = Vec::new();
+                        stream.read_to_end(&mut bytes).await.unwrap();
+                        let _ = tx.send((name, behaviour, bytes));
+                    }
+                }
+            });
+        }
+    });
+    (TestServer::start(server).await, rx)
+}
+
+#[tokio::test]
+async fn send_file_pushes_or_pulls_the_whole_file() {
+    let (server, mut received) = collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.bin");
+    let content = pattern(3 * 1024 * 1024 + 17);
+    std::fs::write(&file, &content).unwrap();
+    let path = file.to_str().unwrap();
+
+    let out = camp(&server.url(), TOKEN, &["send-file", path], None).await;
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("sent 3145745 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    let (name, behaviour, bytes) = received.recv().await.unwrap();
+    assert_eq!((name.as_str(), behaviour), ("data.bin", "push"));
+    assert!(bytes == content, "PUSH arrived altered");
+
+    let out = camp(
+        &server.url(),
+        TOKEN,
+        &["send-file", path, "--pull", "--name", "renamed"],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let (name, behaviour, bytes) = received.recv().await.unwrap();
+    assert_eq!((name.as_str(), behaviour), ("renamed", "pull"));
+    assert!(bytes == content, "PULL arrived altered");
+
+    let out = camp(
+        &server.url(),
+        TOKEN,
+        &["send-file", dir.path().join("missing").to_str().unwrap()],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn receive_writes_the_stream_to_a_file() {
+    use camp_server::session::StreamOptions;
+    let content = pattern(2 * 1024 * 1024 + 5);
+    let (server, mut incoming) = Server::builder().tokens([TOKEN]).build();
+    let sent = content.clone();
+    tokio::spawn(async move {
+        while let Some((session, mut events)) = incoming.next().await {
+            session.send_utf8("here it comes");
+            let options = StreamOptions::push("report.bin").size(sent.len() as u64);
+            let transfer = session.stream(std::io::Cursor::new(sent.clone()), options);
+            tokio::spawn(async move {
+                let _ = transfer.await;
+                while events.next().await.is_some() {}
+            });
+        }
+    });
+    let server = TestServer::start(server).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let by_name = dir.path().join("by-name.bin");
+    let out = camp(
+        &server.url(),
+        TOKEN,
+        &[
+            "receive",
+            "--name",
+            "report.bin",
+            "--out",
+            by_name.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(std::fs::read(&by_name).unwrap() == content);
+    assert_eq!(stdout(&out), "here it comes\n");
+
+    let first = dir.path().join("first.bin");
+    let out = camp(
+        &server.url(),
+        TOKEN,
+        &["receive", "--out", first.to_str().unwrap()],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(std::fs::read(&first).unwrap() == content);
+
+    // A name nobody sends: exit 6 after the timeout.
+    let out = camp(
+        &server.url(),
+        TOKEN,
+        &[
+            "receive",
+            "--name",
+            "other",
+            "--out",
+            dir.path().join("other.bin").to_str().unwrap(),
+            "--timeout-s",
+            "0.5",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(6), "stderr: {}", stderr(&out));
+    server.shutdown().await;
+}

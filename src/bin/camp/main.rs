@@ -1,12 +1,14 @@
 //! `camp`: the CAMP command-line client. It is how a person tries a server:
 //! send a text or binary message and see the reply, print what arrives,
-//! or type lines and watch the answers.
+//! type lines and watch the answers, send a file as a stream (PUSH or
+//! PULL) or receive one into a file, with a progress bar.
 //!
 //! Exit status: 0 success; 1 a local error (unreadable file, bad hex); 2 a
 //! usage error; 3 no session (connection failed, upgrade refused, CAMP
-//! handshake failed); 4 a message was not delivered (no ACK, dropped,
-//! session closed first); 5 the server ended the session other than
-//! gracefully; 6 `listen --count N` timed out before N messages arrived.
+//! handshake failed); 4 a message or file was not delivered (no ACK,
+//! dropped, cancelled, session closed first); 5 the server ended the
+//! session (or an incoming stream) other than gracefully; 6 timed out
+//! waiting (`listen --count`, `receive`).
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -15,9 +17,15 @@ use std::time::Duration;
 use camp_server::client::{Client, ClientError};
 use camp_server::extension::Message;
 use camp_server::protocol::close;
-use camp_server::session::{CloseInfo, Delivery, Session, SessionEvent, SessionEvents};
+use camp_server::session::{
+    CloseInfo, Delivery, Session, SessionEvent, SessionEvents, StreamOptions, WaitError,
+};
 use clap::{Args, Parser, Subcommand};
-use tokio::io::AsyncBufReadExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::SeekFrom;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncSeek, AsyncWriteExt, ReadBuf};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -35,8 +43,8 @@ const ACK_WAIT: Duration = Duration::from_secs(3);
     version,
     about = "Command-line client for CAMP servers",
     after_help = "Exit status: 0 ok, 1 local error, 2 usage, 3 no session (refused, unreachable, \
-                  handshake failed), 4 message not delivered, 5 session ended by the server with \
-                  an error, 6 timed out waiting for --count messages."
+                  handshake failed), 4 message or file not delivered, 5 session or incoming \
+                  stream ended by the server with an error, 6 timed out waiting."
 )]
 struct Cli {
     #[command(flatten)]
@@ -104,6 +112,30 @@ enum Command {
         /// Stop after this many seconds.
         #[arg(long)]
         timeout_s: Option<f64>,
+    },
+    /// Send a file as a stream (CAMP transaction), with a progress bar.
+    SendFile {
+        /// The file to send.
+        file: std::path::PathBuf,
+        /// Announce it as PULL: the server fetches the ranges it wants
+        /// (default PUSH: the client sends it front to back).
+        #[arg(long)]
+        pull: bool,
+        /// The stream's name (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Wait for a stream from the server and write it to a file.
+    Receive {
+        /// Only take the stream with this name (default: the first one).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where to write the bytes.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// How long to wait for the stream to be announced.
+        #[arg(long, default_value_t = 30.0)]
+        timeout_s: f64,
     },
     /// Send each line of standard input as a UTF-8 message and print
     /// replies as they come; `/bye` closes (see `/help`).
@@ -202,6 +234,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 &mut events,
                 count,
                 timeout_s.map(Duration::from_secs_f64),
+                out,
+            )
+            .await
+        }
+        Command::SendFile { file, pull, name } => send_file(&session, &file, pull, name).await,
+        Command::Receive {
+            name,
+            out: path,
+            timeout_s,
+        } => {
+            receive(
+                &session,
+                &mut events,
+                name,
+                &path,
+                Duration::from_secs_f64(timeout_s),
                 out,
             )
             .await
@@ -370,7 +418,7 @@ async fn send_and_print(
             result = &mut acked => break result,
             event = events.next() => match event {
                 Some(SessionEvent::Message(m)) => early.push(m),
-                Some(SessionEvent::Stats(_)) => {}
+                Some(SessionEvent::Stats(_) | SessionEvent::Stream(_)) => {}
                 Some(SessionEvent::Closed(info)) => {
                     return Err(Failure::new(
                         EXIT_UNDELIVERED,
@@ -404,7 +452,7 @@ async fn send_and_print(
                 out.message(&m);
                 printed += 1;
             }
-            Ok(Some(SessionEvent::Stats(_))) => {}
+            Ok(Some(SessionEvent::Stats(_) | SessionEvent::Stream(_))) => {}
             Ok(Some(SessionEvent::Closed(info))) => return ended(&info),
             Ok(None) | Err(_) => break,
         }
@@ -436,6 +484,16 @@ async fn listen(
                 Some(SessionEvent::Message(m)) => {
                     out.message(&m);
                     received += 1;
+                }
+                Some(SessionEvent::Stream(stream)) => {
+                    // Listening does not take streams (see `receive`):
+                    // say so, and let the drop cancel it.
+                    eprintln!(
+                        "camp: refused stream {:?} ({}, {} bytes); use `camp receive` to take streams",
+                        stream.name(),
+                        stream.behaviour().name(),
+                        stream.size().map_or("unknown".into(), |s| s.to_string())
+                    );
                 }
                 Some(SessionEvent::Stats(_)) => {}
                 Some(SessionEvent::Closed(info)) => return ended(&info),
@@ -516,7 +574,7 @@ async fn interactive(
             }
             event = events.next() => match event {
                 Some(SessionEvent::Message(m)) => out.message(&m),
-                Some(SessionEvent::Stats(_)) => {}
+                Some(SessionEvent::Stats(_) | SessionEvent::Stream(_)) => {}
                 Some(SessionEvent::Closed(info)) => return ended(&info),
                 None => return Err(Failure::new(EXIT_CLOSED, "session ended")),
             },
@@ -547,7 +605,7 @@ async fn interactive(
             }
             event = events.next() => match event {
                 Some(SessionEvent::Message(m)) => out.message(&m),
-                Some(SessionEvent::Stats(_)) => {}
+                Some(SessionEvent::Stats(_) | SessionEvent::Stream(_)) => {}
                 Some(SessionEvent::Closed(info)) => return ended(&info),
                 None => return Err(Failure::new(EXIT_CLOSED, "session ended")),
             },
@@ -564,6 +622,209 @@ async fn interactive(
         ));
     }
     Ok(())
+}
+
+/// A progress bar on standard error (hidden when it is not a terminal).
+fn progress_bar(len: Option<u64>, what: &str) -> ProgressBar {
+    let bar = match len {
+        Some(len) => ProgressBar::new(len),
+        None => ProgressBar::no_length(),
+    };
+    let template = if len.is_some() {
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+    } else {
+        "{msg} {bytes} {bytes_per_sec}"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// A file being sent, counting the bytes the session reads from it so the
+/// progress bar follows the transfer (for PULL: the ranges the server
+/// fetched).
+struct Counted {
+    /// The file.
+    file: tokio::fs::File,
+    /// The bar to advance.
+    bar: ProgressBar,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.file).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        self.bar.inc(read as u64);
+        result
+    }
+}
+
+impl AsyncSeek for Counted {
+    fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
+        Pin::new(&mut self.file).start_seek(position)
+    }
+
+    fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
+        Pin::new(&mut self.file).poll_complete(cx)
+    }
+}
+
+/// Sends `path` as a PUSH or PULL stream and waits until the server
+/// acknowledged its end.
+async fn send_file(
+    session: &Session,
+    path: &std::path::Path,
+    pull: bool,
+    name: Option<String>,
+) -> Result<(), Failure> {
+    let local = |e: std::io::Error| {
+        Failure::new(EXIT_LOCAL, format!("cannot read {}: {e}", path.display()))
+    };
+    let file = tokio::fs::File::open(path).await.map_err(local)?;
+    let size = file.metadata().await.map_err(local)?.len();
+    let name = name.unwrap_or_else(|| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into())
+    });
+    let behaviour = if pull { "PULL" } else { "PUSH" };
+    let options = if pull {
+        StreamOptions::pull(name.clone())
+    } else {
+        StreamOptions::push(name.clone()).size(size)
+    };
+    let bar = progress_bar(Some(size), &format!("{name} ({behaviour})"));
+    let started = Instant::now();
+    let transfer = session.stream_seekable(
+        Counted {
+            file,
+            bar: bar.clone(),
+        },
+        options,
+    );
+    let result = transfer.await;
+    bar.finish_and_clear();
+    let sent =
+        result.map_err(|e| Failure::new(EXIT_UNDELIVERED, format!("{name} not delivered: {e}")))?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "camp: sent {sent} bytes as {name:?} ({behaviour}) in {secs:.3} s ({:.1} MB/s)",
+        sent as f64 / secs.max(1e-9) / 1e6
+    );
+    Ok(())
+}
+
+/// Waits for a stream (by name, or the first one) and writes it to `path`.
+/// Messages that arrive meanwhile are printed.
+async fn receive(
+    session: &Session,
+    events: &mut SessionEvents,
+    name: Option<String>,
+    path: &std::path::Path,
+    timeout: Duration,
+    out: Printer,
+) -> Result<(), Failure> {
+    let timed_out = || {
+        Failure::new(
+            EXIT_TIMEOUT,
+            format!("no stream announced within {timeout:?}"),
+        )
+    };
+    let deadline = Instant::now() + timeout;
+    let named = name.clone().map(|n| session.wait_for_stream(n, timeout));
+    let stream = match named {
+        Some(waiting) => {
+            tokio::pin!(waiting);
+            loop {
+                tokio::select! {
+                    result = &mut waiting => break result.map_err(|e| match e {
+                        WaitError::Timeout => timed_out(),
+                        WaitError::Closed => Failure::new(EXIT_CLOSED, "session closed before the stream was announced"),
+                    })?,
+                    event = events.next() => match event {
+                        Some(SessionEvent::Message(m)) => out.message(&m),
+                        // Announced before the wait registered: it comes
+                        // as an event instead.
+                        Some(SessionEvent::Stream(stream)) if Some(stream.name()) == name.as_deref() => {
+                            break stream;
+                        }
+                        Some(SessionEvent::Closed(info)) => {
+                            ended(&info)?;
+                            return Err(Failure::new(EXIT_CLOSED, "session closed before the stream was announced"));
+                        }
+                        Some(_) => {}
+                        None => return Err(Failure::new(EXIT_CLOSED, "session ended")),
+                    },
+                }
+            }
+        }
+        None => loop {
+            match tokio::time::timeout_at(deadline, events.next()).await {
+                Err(_) => return Err(timed_out()),
+                Ok(Some(SessionEvent::Stream(stream))) => break stream,
+                Ok(Some(SessionEvent::Message(m))) => out.message(&m),
+                Ok(Some(SessionEvent::Closed(info))) => {
+                    ended(&info)?;
+                    return Err(Failure::new(
+                        EXIT_CLOSED,
+                        "session closed before a stream was announced",
+                    ));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(Failure::new(EXIT_CLOSED, "session ended")),
+            }
+        },
+    };
+    let stream_name = stream.name().to_string();
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| Failure::new(EXIT_LOCAL, format!("cannot create {}: {e}", path.display())))?;
+    let bar = progress_bar(stream.size(), &stream_name);
+    let started = Instant::now();
+    let copied = copy_with_progress(stream, &mut file, &bar).await;
+    bar.finish_and_clear();
+    let bytes = copied.map_err(|e| match e.kind() {
+        std::io::ErrorKind::WriteZero | std::io::ErrorKind::StorageFull => {
+            Failure::new(EXIT_LOCAL, format!("cannot write {}: {e}", path.display()))
+        }
+        _ => Failure::new(EXIT_CLOSED, format!("stream {stream_name:?} failed: {e}")),
+    })?;
+    file.flush()
+        .await
+        .map_err(|e| Failure::new(EXIT_LOCAL, format!("cannot write {}: {e}", path.display())))?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "camp: received {bytes} bytes of {stream_name:?} into {} in {secs:.3} s ({:.1} MB/s)",
+        path.display(),
+        bytes as f64 / secs.max(1e-9) / 1e6
+    );
+    Ok(())
+}
+
+/// Copies `reader` into `file`, advancing `bar`; returns the bytes copied.
+async fn copy_with_progress(
+    mut reader: impl AsyncRead + Unpin,
+    file: &mut tokio::fs::File,
+    bar: &ProgressBar,
+) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        file.write_all(&buf[..n]).await?;
+        total += n as u64;
+        bar.inc(n as u64);
+    }
 }
 
 #[cfg(test)]

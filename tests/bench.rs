@@ -195,3 +195,39 @@ async fn refuses_non_loopback_targets() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
+
+#[tokio::test]
+async fn transfer_reports_push_and_pull_throughput() {
+    let (mut server, url) = start(
+        env!("CARGO_BIN_EXE_camp-server"),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--token",
+            TOKEN,
+            "--log",
+            "warn",
+        ],
+    )
+    .await;
+    let (ok, report) = bench(&[
+        "transfer",
+        "--url",
+        &url,
+        "--token",
+        TOKEN,
+        "--size-mb",
+        "2",
+        "--timeout-s",
+        "20",
+    ])
+    .await;
+    assert!(ok, "{report}");
+    assert_eq!(report["size"], 2_000_000);
+    assert_eq!(report["legs"][0]["behaviour"], "push");
+    assert_eq!(report["legs"][1]["behaviour"], "pull");
+    assert!(report["push_mb_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["pull_mb_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    server.kill().await.unwrap();
+}

@@ -9,7 +9,8 @@
 //!   ACK and echo out; ACK of the echo in), so the two can be compared in
 //!   the same run;
 //! - `idle` opens N idle sessions and reports the server's resident memory
-//!   per session.
+//!   per session;
+//! - `transfer` measures stream throughput (MB/s) for PUSH and PULL.
 //!
 //! Every subcommand talks to loopback addresses only and is bounded in
 //! count and time.
@@ -17,6 +18,7 @@
 mod baseline;
 mod echo;
 mod idle;
+mod transfer;
 mod wire;
 
 use std::net::{IpAddr, SocketAddr};
@@ -48,6 +50,9 @@ enum Command {
     Baseline(baseline::BaselineArgs),
     /// Idle sessions and the server's resident memory per session.
     Idle(idle::IdleArgs),
+    /// Stream throughput (MB/s) for PUSH and PULL against a server that
+    /// streams every stream back (the `camp-server` binary).
+    Transfer(transfer::TransferArgs),
 }
 
 /// Exit status 0 when the run completed without errors, 1 otherwise (the
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
                     Command::Echo(a) => echo::run(a).await,
                     Command::Baseline(a) => baseline::run(a).await,
                     Command::Idle(a) => idle::run(a).await,
+                    Command::Transfer(a) => transfer::run(a).await,
                 }
             })
         });

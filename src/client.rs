@@ -252,10 +252,15 @@ impl Client {
             metrics: Default::default(),
         };
         let mut driver = Driver::new(ws, sid, Role::Client, config, self.pipeline);
-        let features = driver.handshake().await.map_err(ClientError::Handshake)?;
+        // Without a server's shutdown signal, one that never fires (its
+        // sender is dropped at once).
+        let shutdown = shutdown.unwrap_or_else(|| watch::channel(false).1);
+        let features = driver
+            .handshake(shutdown.clone())
+            .await
+            .map_err(ClientError::Handshake)?;
         let (session, commands) = Session::new(sid, remote, features);
         let (events_tx, events) = event_channel();
-        let shutdown = shutdown.unwrap_or_else(|| watch::channel(false).1);
         tokio::spawn(driver.run(session.clone(), commands, events_tx, shutdown));
         Ok((session, events))
     }

@@ -572,3 +572,24 @@ async fn graceful_shutdown_says_bye_to_every_session_and_returns() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn shutdown_during_a_handshake_closes_it_at_once() {
+    let server = TestServer::echo(Server::builder()).await;
+    let mut peer = RawPeer::upgrade(server.addr, "authorization=Bearer%20secret&x-camp-sid=23")
+        .await
+        .unwrap();
+    peer.sid = 23;
+    let _info = peer.recv().await;
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(server.shutdown());
+    let bye = peer.recv_data().await;
+    assert!(matches!(bye.body, Body::Bye { ref reason, .. } if reason == "server shutting down"));
+    assert_eq!(peer.closed().await.0, 4000);
+    stopping.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

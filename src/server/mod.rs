@@ -393,7 +393,7 @@ impl Inner {
             self.session.clone(),
             self.pipeline.clone(),
         );
-        let features = match driver.handshake().await {
+        let features = match driver.handshake(self.shutdown.subscribe()).await {
             Ok(features) => features,
             Err(info) => {
                 tracing::info!(%remote, sid = up.sid, code = info.code, "handshake failed: {}", info.reason);

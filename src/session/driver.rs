@@ -311,15 +311,25 @@ where
 
     /// Runs the handshake within the handshake timeout. On failure the
     /// connection is closed and the reason returned.
-    pub(crate) async fn handshake(&mut self) -> Result<u64, CloseInfo> {
+    /// A shutdown during the handshake closes gracefully at once rather
+    /// than waiting for the peer.
+    pub(crate) async fn handshake(
+        &mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<u64, CloseInfo> {
         let timeout = self.config.handshake_timeout;
-        let exit = match tokio::time::timeout(timeout, self.handshake_inner()).await {
-            Ok(Ok(features)) => return Ok(features),
-            Ok(Err(exit)) => exit,
-            Err(_) => Exit::Local(
-                close::CLIENT_ERROR,
-                format!("handshake not completed within {timeout:?}"),
-            ),
+        let exit = tokio::select! {
+            done = tokio::time::timeout(timeout, self.handshake_inner()) => match done {
+                Ok(Ok(features)) => return Ok(features),
+                Ok(Err(exit)) => exit,
+                Err(_) => Exit::Local(
+                    close::CLIENT_ERROR,
+                    format!("handshake not completed within {timeout:?}"),
+                ),
+            },
+            _ = shutting_down(&mut shutdown) => {
+                Exit::Local(close::GRACEFUL, "server shutting down".into())
+            }
         };
         Err(self.finish(exit).await)
     }

@@ -1,0 +1,237 @@
+//! CAMP.Transaction: streams in both directions over one session.
+//!
+//! # Sending
+//!
+//! [`Session::stream`](super::Session::stream) hands a source to the
+//! session's task, which picks a transaction id and spawns a *sender task*
+//! for it. The sender task reads the source and queues TX_START, TX_CHUNK
+//! and TX_FINISH itself with [`Queue::push_wait`]: transaction frames are
+//! never dropped, and a sender that outruns the socket waits for room, so
+//! the session's task never blocks on a slow peer. Ack ids come from the
+//! session's task (it owns the ack tracker) through [`TxCommand::Track`].
+//!
+//! - PUSH reads the source front to back in chunks of at most 1 MiB, at
+//!   offsets equal to the byte position of each chunk's first byte.
+//! - PULL announces an explicit size and then serves only the ranges the
+//!   receiver asks for with TX_FETCH, reading them by seeking. A source that
+//!   cannot seek is first spooled to an anonymous temporary file (it has no
+//!   name, so nothing is left behind even if the process dies), which also
+//!   gives its size. TX_FINISH goes out once `[0, size)` has been served and
+//!   no further fetch is waiting.
+//!
+//! # Receiving
+//!
+//! Each TX_START becomes an [`IncomingStream`] (an `AsyncRead`), handed to a
+//! [`Session::wait_for_stream`](super::Session::wait_for_stream) waiter for
+//! its name or else delivered as [`SessionEvent::Stream`](super::SessionEvent).
+//! Chunks go to the reader through an unbounded channel, but the bytes
+//! buffered across all of a session's streams are capped by [`RxBudget`]:
+//! above [`RX_BUFFER_LIMIT`] the session stops reading its socket (it keeps
+//! serving its handles) until readers catch up, so TCP flow control slows
+//! the sender. A PULL stream asks for [`FETCH_STEP`] bytes at a time and
+//! keeps at most two steps outstanding, as its reader consumes.
+//! While paused, the session does not count the peer's silence against it
+//! (heartbeat); the peer, though, hears nothing from us either, so a
+//! reader that stalls for longer than the peer's keep-alive interval can
+//! get the session closed by the peer's liveness check.
+//!
+//! # Protocol errors
+//!
+//! A chunk that leaves a gap, overlaps bytes already received, does not
+//! continue a requested range (PULL), or reaches past the announced size,
+//! and a TX_FINISH before all announced bytes arrived, fail *that
+//! transaction only*: the peer gets an ERROR frame saying why and a
+//! TX_CANCEL, and the reader gets an `InvalidData` error. The session goes
+//! on. Frames for transaction ids that were never opened count as malformed
+//! input (ERROR, and 4001 after too many); frames for recently ended
+//! transactions (in flight when we cancelled) are ignored.
+//!
+//! # Transaction ids
+//!
+//! Each side numbers the transactions it sends. Servers use even ids and
+//! clients odd ones (as HTTP/2 does), so two endpoints of this crate never
+//! pick the same id; an id the peer is currently sending on is skipped too.
+//! TX_CHUNK and TX_FINISH always refer to the peer's transactions, TX_FETCH
+//! to ours; a TX_CANCEL is applied to whichever side has that id open.
+//!
+//! [`Queue::push_wait`]: super::queue::Queue::push_wait
+//! [`RxBudget`]: incoming::RxBudget
+
+mod incoming;
+mod sender;
+mod state;
+
+pub(crate) use incoming::Waiters;
+pub use incoming::{IncomingStream, StreamRange, WaitError};
+pub(crate) use sender::Source;
+pub(crate) use state::{Transactions, TxCommand, TxEffect};
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+
+use crate::protocol::Behaviour;
+use sender::CancelSignal;
+
+/// Most bytes of received chunks buffered for readers, per session, before
+/// the session stops reading its socket.
+pub const RX_BUFFER_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Size of one TX_FETCH a PULL reader issues; it keeps at most two
+/// outstanding, so a PULL stream never has more than 4 MiB in flight.
+pub const FETCH_STEP: u64 = 2 * 1024 * 1024;
+
+/// Name used when a stream has none (the protocol's default).
+pub const ANONYMOUS: &str = "anonymous";
+
+/// How many TX_FETCH ranges may wait at a sender before further ones are
+/// refused with an ERROR frame.
+const MAX_PENDING_FETCHES: usize = 1024;
+
+/// How many transactions a peer may have open towards us at once.
+const MAX_INCOMING: usize = 1024;
+
+/// How many ended transaction ids are remembered, so that frames that were
+/// in flight when a transaction ended are ignored rather than reported.
+const ENDED_MEMORY: usize = 256;
+
+/// How to announce an outgoing stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// The stream's name (TX_START `name`, at most 1 KiB of UTF-8); the
+    /// receiver finds the stream by it.
+    pub name: String,
+    /// PUSH (the sender sends everything) or PULL (the receiver fetches).
+    pub behaviour: Behaviour,
+    /// The size in bytes. PUSH: `None` announces an unknown size (`-1`);
+    /// `Some(n)` sends exactly `n` bytes and fails if the source ends
+    /// sooner. PULL: `None` uses the source's length; `Some(n)` must equal
+    /// it.
+    pub size: Option<u64>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions::push(ANONYMOUS)
+    }
+}
+
+impl StreamOptions {
+    /// A PUSH stream of unknown size.
+    pub fn push(name: impl Into<String>) -> StreamOptions {
+        StreamOptions {
+            name: name.into(),
+            behaviour: Behaviour::Push,
+            size: None,
+        }
+    }
+
+    /// A PULL stream (its size is taken from the source).
+    pub fn pull(name: impl Into<String>) -> StreamOptions {
+        StreamOptions {
+            name: name.into(),
+            behaviour: Behaviour::Pull,
+            size: None,
+        }
+    }
+
+    /// Announces this size.
+    pub fn size(mut self, size: u64) -> StreamOptions {
+        self.size = Some(size);
+        self
+    }
+}
+
+/// Why an outgoing stream did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The peer did not announce the transactions feature, so it must not
+    /// be sent transaction frames.
+    #[error("the peer does not support transactions")]
+    NotSupported,
+    /// The stream name is longer than the protocol allows.
+    #[error("stream name is {0} bytes; at most 1024 are allowed")]
+    NameTooLong(usize),
+    /// The size does not fit the protocol's signed 64-bit field.
+    #[error("stream size {0} exceeds the protocol's limit")]
+    TooLarge(u64),
+    /// A PUSH source with an announced size ended before that many bytes.
+    #[error("the source ended after {sent} of the announced {size} bytes")]
+    SourceEnded {
+        /// Bytes sent.
+        sent: u64,
+        /// Bytes announced.
+        size: u64,
+    },
+    /// A PULL source's length differs from the size given in the options.
+    #[error("the source has {actual} bytes but {announced} were requested")]
+    SizeMismatch {
+        /// The size from the options.
+        announced: u64,
+        /// The source's actual length.
+        actual: u64,
+    },
+    /// Reading (or spooling) the source failed.
+    #[error("reading the source failed: {0}")]
+    Source(#[source] io::Error),
+    /// [`Transfer::cancel`] was called.
+    #[error("cancelled")]
+    Cancelled,
+    /// The peer sent TX_CANCEL.
+    #[error("cancelled by the peer")]
+    CancelledByPeer,
+    /// The peer broke the protocol for this transaction (for example too
+    /// many outstanding fetches); it was cancelled.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The session ended before the transfer completed.
+    #[error("session closed")]
+    Closed,
+}
+
+/// A stream being sent. Await it for the number of bytes sent (for PULL:
+/// the size) once the peer acknowledged TX_FINISH. Dropping it does not
+/// stop the transfer; [`Transfer::cancel`] does.
+#[derive(Debug)]
+#[must_use = "a transfer runs on its own; await it to learn how it ended"]
+pub struct Transfer {
+    /// Where the sender task reports the outcome.
+    result: oneshot::Receiver<Result<u64, TransferError>>,
+    /// Shared with the sender task; fires on a local or peer cancel.
+    cancel: Arc<CancelSignal>,
+}
+
+impl Transfer {
+    /// Stops the transfer: the peer gets TX_CANCEL and the transfer ends
+    /// with [`TransferError::Cancelled`].
+    pub fn cancel(&self) {
+        self.cancel.fire(false);
+    }
+}
+
+impl Future for Transfer {
+    type Output = Result<u64, TransferError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.result)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(TransferError::Closed)))
+    }
+}
+
+/// Builds a transfer request; the session sends it to its task.
+pub(crate) fn request(source: Source, options: StreamOptions) -> (TxCommand, Transfer) {
+    let (tx, rx) = oneshot::channel();
+    let cancel = Arc::new(CancelSignal::default());
+    let command = TxCommand::Stream {
+        source,
+        options,
+        result: tx,
+        cancel: cancel.clone(),
+    };
+    (command, Transfer { result: rx, cancel })
+}

@@ -1,0 +1,400 @@
+//! The sending side: the sender task that runs one outgoing transaction
+//! (PUSH, PULL, spooling) and what it needs from its session.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::state::TxCommand;
+use super::{StreamOptions, TransferError};
+use crate::protocol::{self, Behaviour, Body, Frame};
+use crate::session::queue::{Class, Item, Queue};
+use crate::session::{Command, DeliveryError, DeliveryTx};
+
+/// Stops a sender task; remembers whether the peer or we asked.
+#[derive(Debug, Default)]
+pub(crate) struct CancelSignal {
+    /// Wakes the sender task (a stored permit, so no wakeup is lost).
+    notify: Notify,
+    /// Whether the peer's TX_CANCEL fired it.
+    by_peer: AtomicBool,
+}
+
+impl CancelSignal {
+    pub(super) fn fire(&self, by_peer: bool) {
+        if by_peer {
+            self.by_peer.store(true, Ordering::Release);
+        }
+        self.notify.notify_one();
+    }
+
+    async fn fired(&self) -> TransferError {
+        self.notify.notified().await;
+        if self.by_peer.load(Ordering::Acquire) {
+            TransferError::CancelledByPeer
+        } else {
+            TransferError::Cancelled
+        }
+    }
+}
+
+/// A readable and seekable source, boxed.
+pub(crate) trait ReadSeek: AsyncRead + AsyncSeek + Send {}
+impl<T: AsyncRead + AsyncSeek + Send> ReadSeek for T {}
+
+/// What a stream is read from.
+pub(crate) enum Source {
+    /// Read front to back; PULL spools it first.
+    Reader(Pin<Box<dyn AsyncRead + Send>>),
+    /// Read by range (PULL) or front to back from byte 0 (PUSH).
+    Seekable(Pin<Box<dyn ReadSeek>>),
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Reader(_) => "Source::Reader",
+            Source::Seekable(_) => "Source::Seekable",
+        })
+    }
+}
+
+/// What the sender tasks need from their session.
+#[derive(Clone)]
+pub(super) struct Link {
+    /// Stamped on every frame.
+    pub(super) sid: u64,
+    /// Where frames go (with `push_wait`).
+    pub(super) queue: Arc<Queue>,
+    /// The session's task, for ack ids and the end notice.
+    pub(super) commands: mpsc::UnboundedSender<Command>,
+    /// Largest chunk payload: 1 MiB, or less when the queue cap is small,
+    /// so that one chunk always fits the queue.
+    pub(super) chunk_size: usize,
+}
+
+impl Link {
+    /// An ack id for a frame about to be queued.
+    async fn track(&self, acked: Option<DeliveryTx>) -> Result<u32, TransferError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Tx(TxCommand::Track { acked, reply: tx }))
+            .map_err(|_| TransferError::Closed)?;
+        rx.await.map_err(|_| TransferError::Closed)
+    }
+
+    /// Queues a frame, waiting for room.
+    async fn send(&self, body: Body) -> Result<(), TransferError> {
+        let frame = Frame::new(self.sid, body);
+        let item = Item::Frame {
+            ack: frame.body.ack(),
+            ty: frame.body.frame_type(),
+            bytes: frame.encode(),
+            class: Class::Transaction,
+        };
+        self.queue
+            .push_wait(item)
+            .await
+            .map_err(|()| TransferError::Closed)
+    }
+
+    /// Queues an ACK-tracked frame, waiting for room.
+    async fn send_tracked(
+        &self,
+        mut body: Body,
+        acked: Option<DeliveryTx>,
+    ) -> Result<(), TransferError> {
+        body.set_ack(self.track(acked).await?);
+        self.send(body).await
+    }
+}
+
+/// Runs one outgoing transaction to its end, sending TX_CANCEL if it ends
+/// early on our side.
+pub(super) async fn run_sender(
+    link: &Link,
+    tx_id: u32,
+    source: Source,
+    options: StreamOptions,
+    mut fetches: mpsc::Receiver<(u64, u64)>,
+    cancel: &CancelSignal,
+) -> Result<u64, TransferError> {
+    let work = async {
+        match options.behaviour {
+            Behaviour::Push => push(link, tx_id, source, &options).await,
+            Behaviour::Pull => pull(link, tx_id, source, &options, &mut fetches).await,
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        why = cancel.fired() => Err(why),
+    };
+    let started = !matches!(
+        outcome,
+        Err(TransferError::SizeMismatch { .. } | TransferError::Closed)
+    );
+    let tell_peer = matches!(
+        outcome,
+        Err(TransferError::Cancelled
+            | TransferError::Source(_)
+            | TransferError::SourceEnded { .. }
+            | TransferError::Protocol(_))
+    );
+    if started && tell_peer {
+        let _ = link
+            .send_tracked(Body::TxCancel { ack: 0, tx_id }, None)
+            .await;
+    }
+    outcome
+}
+
+fn tx_size(size: u64) -> Result<i64, TransferError> {
+    i64::try_from(size).map_err(|_| TransferError::TooLarge(size))
+}
+
+/// Sends TX_FINISH and waits for its ACK (an ack timeout still counts as
+/// delivered: every byte was queued in order before it).
+async fn finish(link: &Link, tx_id: u32, total: u64) -> Result<u64, TransferError> {
+    let (tx, rx) = oneshot::channel();
+    link.send_tracked(Body::TxFinish { ack: 0, tx_id }, Some(tx))
+        .await?;
+    match rx.await {
+        Ok(Ok(_)) | Ok(Err(DeliveryError::Timeout)) => Ok(total),
+        _ => Err(TransferError::Closed),
+    }
+}
+
+/// PUSH: chunks in order from the source, then TX_FINISH.
+async fn push(
+    link: &Link,
+    tx_id: u32,
+    source: Source,
+    options: &StreamOptions,
+) -> Result<u64, TransferError> {
+    let mut reader: Pin<Box<dyn AsyncRead + Send>> = match source {
+        Source::Reader(r) => r,
+        Source::Seekable(mut s) => {
+            s.seek(io::SeekFrom::Start(0))
+                .await
+                .map_err(TransferError::Source)?;
+            Box::pin(s)
+        }
+    };
+    let size = options.size.map(tx_size).transpose()?.unwrap_or(-1);
+    link.send_tracked(
+        Body::TxStart {
+            ack: 0,
+            tx_id,
+            size,
+            behaviour: Behaviour::Push,
+            name: options.name.clone(),
+        },
+        None,
+    )
+    .await?;
+    let mut offset = 0u64;
+    loop {
+        let want = match options.size {
+            Some(size) => (size - offset).min(link.chunk_size as u64) as usize,
+            None => link.chunk_size,
+        };
+        if want == 0 {
+            break;
+        }
+        let mut buf = BytesMut::with_capacity(want);
+        let n = (&mut reader)
+            .take(want as u64)
+            .read_buf(&mut buf)
+            .await
+            .map_err(TransferError::Source)?;
+        if n == 0 {
+            if let Some(size) = options.size {
+                return Err(TransferError::SourceEnded { sent: offset, size });
+            }
+            break;
+        }
+        link.send(Body::TxChunk {
+            tx_id,
+            offset,
+            data: buf.freeze(),
+        })
+        .await?;
+        offset += n as u64;
+    }
+    finish(link, tx_id, offset).await
+}
+
+/// Merged, sorted byte ranges a PULL sender has served.
+#[derive(Debug, Default)]
+struct Coverage(Vec<(u64, u64)>);
+
+impl Coverage {
+    fn insert(&mut self, start: u64, end: u64) {
+        self.0.push((start, end));
+        self.0.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.0.len());
+        for &(s, e) in &self.0 {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        self.0 = merged;
+    }
+
+    fn covers(&self, size: u64) -> bool {
+        size == 0 || self.0.first() == Some(&(0, size))
+    }
+}
+
+/// PULL: announce the size, serve TX_FETCH ranges, finish once everything
+/// was served.
+async fn pull(
+    link: &Link,
+    tx_id: u32,
+    source: Source,
+    options: &StreamOptions,
+    fetches: &mut mpsc::Receiver<(u64, u64)>,
+) -> Result<u64, TransferError> {
+    let (mut file, size) = match source {
+        Source::Seekable(mut s) => {
+            let len = s
+                .seek(io::SeekFrom::End(0))
+                .await
+                .map_err(TransferError::Source)?;
+            (s, len)
+        }
+        Source::Reader(r) => spool(r).await?,
+    };
+    if let Some(announced) = options.size
+        && announced != size
+    {
+        return Err(TransferError::SizeMismatch {
+            announced,
+            actual: size,
+        });
+    }
+    link.send_tracked(
+        Body::TxStart {
+            ack: 0,
+            tx_id,
+            size: tx_size(size)?,
+            behaviour: Behaviour::Pull,
+            name: options.name.clone(),
+        },
+        None,
+    )
+    .await?;
+    let mut served = Coverage::default();
+    loop {
+        let next = if served.covers(size) {
+            match fetches.try_recv() {
+                Ok(range) => Some(range),
+                Err(mpsc::error::TryRecvError::Empty) => None,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Err(TransferError::Closed),
+            }
+        } else {
+            Some(fetches.recv().await.ok_or(TransferError::Closed)?)
+        };
+        let Some((start, end)) = next else {
+            return finish(link, tx_id, size).await;
+        };
+        if start >= end || start >= size {
+            link.send_tracked(
+                Body::Error {
+                    ack: 0,
+                    message: format!(
+                        "transaction {tx_id}: TX_FETCH [{start}, {end}) is empty or starts past the size {size}; ignored"
+                    ),
+                },
+                None,
+            )
+            .await?;
+            continue;
+        }
+        let end = end.min(size);
+        file.seek(io::SeekFrom::Start(start))
+            .await
+            .map_err(TransferError::Source)?;
+        let mut pos = start;
+        while pos < end {
+            let want = (end - pos).min(link.chunk_size as u64) as usize;
+            let mut buf = BytesMut::with_capacity(want);
+            while buf.len() < want {
+                let n = (&mut file)
+                    .take((want - buf.len()) as u64)
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(TransferError::Source)?;
+                if n == 0 {
+                    return Err(TransferError::Source(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the source shrank below {size} bytes"),
+                    )));
+                }
+            }
+            link.send(Body::TxChunk {
+                tx_id,
+                offset: pos,
+                data: buf.freeze(),
+            })
+            .await?;
+            pos += want as u64;
+        }
+        served.insert(start, end);
+    }
+}
+
+/// Copies a non-seekable source into an anonymous temporary file (unlinked
+/// on creation: it disappears with the last handle) and returns the file
+/// and its length.
+async fn spool(
+    mut reader: Pin<Box<dyn AsyncRead + Send>>,
+) -> Result<(Pin<Box<dyn ReadSeek>>, u64), TransferError> {
+    let file = tokio::task::spawn_blocking(tempfile::tempfile)
+        .await
+        .map_err(|e| TransferError::Source(io::Error::other(e)))?
+        .map_err(TransferError::Source)?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut buf = BytesMut::with_capacity(protocol::MAX_PAYLOAD);
+    let mut total = 0u64;
+    loop {
+        buf.clear();
+        let n = (&mut reader)
+            .take(protocol::MAX_PAYLOAD as u64)
+            .read_buf(&mut buf)
+            .await
+            .map_err(TransferError::Source)?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf).await.map_err(TransferError::Source)?;
+        total += n as u64;
+    }
+    file.flush().await.map_err(TransferError::Source)?;
+    Ok((Box::pin(file), total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coverage_merges_overlapping_and_adjacent_ranges() {
+        let mut c = Coverage::default();
+        c.insert(50, 60);
+        assert!(!c.covers(100));
+        c.insert(0, 20);
+        c.insert(10, 50);
+        assert_eq!(c.0, vec![(0, 60)]);
+        c.insert(60, 100);
+        assert!(c.covers(100));
+        assert!(Coverage::default().covers(0));
+    }
+}

@@ -366,3 +366,31 @@ async fn receive_writes_the_stream_to_a_file() {
     assert_eq!(out.status.code(), Some(6), "stderr: {}", stderr(&out));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn wss_with_a_private_certificate_authority() {
+    use camp_server::server::tls::TlsConfig;
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (c.cert.pem(), c.signing_key.serialize_pem());
+    let tls = TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+    let server = TestServer::echo(Server::builder().tls(tls)).await;
+    let url = format!("wss://localhost:{}/", server.addr.port());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &cert).unwrap();
+
+    let out = camp(
+        &url,
+        TOKEN,
+        &["--ca", ca.to_str().unwrap(), "send-text", "over tls"],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "over tls\n");
+
+    // Without the CA the certificate is not trusted: no session.
+    let out = camp(&url, TOKEN, &["send-text", "over tls"], None).await;
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
+    server.shutdown().await;
+}

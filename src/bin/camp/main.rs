@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use camp_server::client::{Client, ClientError};
+use camp_server::client::{Client, ClientError, ClientTls};
 use camp_server::extension::Message;
 use camp_server::protocol::close;
 use camp_server::session::{
@@ -80,6 +80,10 @@ struct ConnArgs {
     /// Do not offer the `camp` WebSocket subprotocol.
     #[arg(long, global = true)]
     no_subprotocol: bool,
+    /// For `wss://`: trust the certificate authorities in this PEM file
+    /// instead of the system bundle (e.g. a self-signed test server).
+    #[arg(long, global = true)]
+    ca: Option<std::path::PathBuf>,
 }
 
 /// What to do once connected.
@@ -276,6 +280,14 @@ async fn connect(args: &ConnArgs) -> Result<(Session, SessionEvents), Failure> {
         .subprotocol(!args.no_subprotocol);
     if let Some(sid) = args.sid {
         client = client.sid(sid);
+    }
+    if let Some(path) = &args.ca {
+        let pem = std::fs::read(path).map_err(|e| {
+            Failure::new(EXIT_LOCAL, format!("cannot read {}: {e}", path.display()))
+        })?;
+        let roots = ClientTls::with_root_pem(&pem)
+            .map_err(|e| Failure::new(EXIT_LOCAL, format!("{}: {e}", path.display())))?;
+        client = client.tls(roots);
     }
     client.connect().await.map_err(|e| {
         let message = match &e {

@@ -12,11 +12,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use std::fmt::Write;
+
 use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use crate::extension::wasm::{PluginDir, PluginStatus};
 use crate::server::Server;
 
 /// Something that adds to the admin view and the metrics (the WebAssembly
@@ -26,6 +29,45 @@ pub trait AdminReport: Send + Sync {
     fn admin_json(&self) -> Value;
     /// Extra Prometheus text appended to `/metrics`.
     fn metrics_text(&self) -> String;
+}
+
+/// The plugin folder reports every file's state: what is loaded (hash,
+/// load time, config), the last load error, loads and failed loads.
+impl AdminReport for PluginDir {
+    fn admin_json(&self) -> Value {
+        serde_json::to_value(self.status()).unwrap_or(Value::Null)
+    }
+
+    fn metrics_text(&self) -> String {
+        let status = self.status();
+        let mut o = String::new();
+        let mut series =
+            |name: &str, help: &str, kind: &str, value: &dyn Fn(&PluginStatus) -> u64| {
+                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for p in &status {
+                    let _ = writeln!(o, "{name}{{plugin=\"{}\"}} {}", p.name, value(p));
+                }
+            };
+        series(
+            "camp_plugin_loads_total",
+            "Successful plugin loads and reloads.",
+            "counter",
+            &|p| p.loads,
+        );
+        series(
+            "camp_plugin_load_errors_total",
+            "Plugin loads that failed (the old version kept serving).",
+            "counter",
+            &|p| p.load_errors,
+        );
+        series(
+            "camp_plugin_loaded",
+            "1 when a version of the plugin is serving.",
+            "gauge",
+            &|p| u64::from(p.loaded.is_some()),
+        );
+        o
+    }
 }
 
 /// Serves the admin endpoints for `server` until `shutdown` completes.

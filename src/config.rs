@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::extension::wasm::PluginConfig;
 use crate::session::{Backpressure, DropPolicy};
 
 /// Why a configuration was refused. Each names the key and the reason.
@@ -69,6 +70,13 @@ pub struct Config {
     pub log: Option<String>,
     /// The plugin folder (watched for hot reload).
     pub plugins: Option<PathBuf>,
+    /// Where compiled plugins are cached across restarts (memory only when
+    /// unset). Must be private to the server: it holds native code.
+    pub plugin_cache: Option<PathBuf>,
+    /// `[plugin_defaults]`: settings for plugins whose `NAME.toml` does not
+    /// set them (same keys as `NAME.toml`: `failure_policy`, `deadline_ms`,
+    /// `memory_limit_bytes`, `max_instances`, …).
+    pub plugin_defaults: Option<toml::Table>,
     /// TLS certificate and key.
     pub tls: Option<TlsConfig>,
     /// Outgoing queue limits.
@@ -128,6 +136,10 @@ pub struct Settings {
     pub log: String,
     /// Plugin folder, if any.
     pub plugins: Option<PathBuf>,
+    /// Cache folder for compiled plugins, if any.
+    pub plugin_cache: Option<PathBuf>,
+    /// Settings of plugins that their own file does not set.
+    pub plugin_defaults: PluginConfig,
     /// TLS certificate and key files, if TLS is on.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Queue limits.
@@ -188,6 +200,14 @@ impl Config {
             keep_alive_ms: flags.keep_alive_ms.or(self.keep_alive_ms),
             log: flags.log.or(self.log),
             plugins: flags.plugins.or(self.plugins),
+            plugin_cache: flags.plugin_cache.or(self.plugin_cache),
+            plugin_defaults: match (self.plugin_defaults, flags.plugin_defaults) {
+                (Some(mut f), Some(o)) => {
+                    f.extend(o);
+                    Some(f)
+                }
+                (f, o) => o.or(f),
+            },
             tls,
             backpressure,
             admin,
@@ -278,6 +298,15 @@ impl Config {
                 format!("{} is not a folder", p.display()),
             ));
         }
+        let plugin_defaults = match self.plugin_defaults {
+            None => PluginConfig::default(),
+            Some(table) => PluginConfig::parse(
+                &table.to_string(),
+                Path::new("[plugin_defaults]"),
+                &PluginConfig::default(),
+            )
+            .map_err(|e| invalid("plugin_defaults", e.to_string()))?,
+        };
         Ok(Settings {
             bind: self
                 .bind
@@ -286,6 +315,8 @@ impl Config {
             keep_alive: Duration::from_millis(keep_alive_ms),
             log: self.log.unwrap_or_else(|| "info".into()),
             plugins: self.plugins,
+            plugin_cache: self.plugin_cache,
+            plugin_defaults,
             tls,
             backpressure,
             admin,
@@ -324,6 +355,7 @@ mod tests {
             tokens = ["a", "b"]
             keep_alive_ms = 2000
             log = "debug"
+            plugin_cache = "cache"
             [tls]
             cert = "c.pem"
             key = "k.pem"
@@ -333,6 +365,9 @@ mod tests {
             drop_policy = "drop-newest"
             [admin]
             bind = "127.0.0.1:9999"
+            [plugin_defaults]
+            deadline_ms = 7
+            failure_policy = "fail-open"
         "#;
         let s = Config::parse(text).unwrap().resolve().unwrap();
         assert_eq!(s.bind.port(), 9000);
@@ -348,6 +383,12 @@ mod tests {
         );
         assert_eq!(s.backpressure.drop_policy, DropPolicy::DropNewest);
         assert_eq!(s.admin.unwrap().port(), 9999);
+        assert_eq!(s.plugin_cache, Some(PathBuf::from("cache")));
+        assert_eq!(s.plugin_defaults.deadline_ms, 7);
+        assert_eq!(
+            s.plugin_defaults.failure_policy,
+            crate::extension::FailurePolicy::FailOpen
+        );
     }
 
     #[test]
@@ -397,6 +438,16 @@ mod tests {
         assert!(e.contains("`tls.key`"), "{e}");
         let e = err("tokens = [\"a\"]\nplugins = \"/definitely/not/here\"");
         assert!(e.contains("`plugins`") && e.contains("not a folder"), "{e}");
+        let e = err("tokens = [\"a\"]\n[plugin_defaults]\ndeadline_ms = 0");
+        assert!(
+            e.contains("`plugin_defaults`") && e.contains("deadline_ms"),
+            "{e}"
+        );
+        let e = err("tokens = [\"a\"]\n[plugin_defaults]\nspeed = 1");
+        assert!(
+            e.contains("`plugin_defaults`") && e.contains("speed"),
+            "{e}"
+        );
         let e = err("token_file = \"/definitely/not/here\"");
         assert!(e.contains("`token_file`"), "{e}");
     }

@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use camp_server::config::{AdminConfig, BackpressureConfig, Config, TlsConfig as TlsFiles};
-use camp_server::extension::Message;
+use camp_server::extension::wasm::{DirOptions, HostOptions, PluginHost};
+use camp_server::extension::{Message, Pipeline};
 use camp_server::server::Server;
 use camp_server::server::tls::TlsConfig;
 use camp_server::session::{Session, SessionEvent, SessionEvents};
@@ -53,6 +55,13 @@ struct Args {
     /// Do not start the admin listener.
     #[arg(long)]
     no_admin: bool,
+    /// Folder of WebAssembly plugins (NAME.wasm + optional NAME.toml),
+    /// loaded in file-name order and hot-reloaded while the server runs.
+    #[arg(long)]
+    plugins: Option<PathBuf>,
+    /// Folder where compiled plugins are cached across restarts.
+    #[arg(long)]
+    plugin_cache: Option<PathBuf>,
     /// PEM certificate chain: serve TLS (wss://) with it (needs --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -73,7 +82,9 @@ impl Args {
             token_file: self.token_file.clone(),
             keep_alive_ms: self.keep_alive_ms,
             log: self.log.clone(),
-            plugins: None,
+            plugins: self.plugins.clone(),
+            plugin_cache: self.plugin_cache.clone(),
+            plugin_defaults: None,
             tls: self.tls_cert.clone().map(|cert| TlsFiles {
                 cert: Some(cert),
                 key: self.tls_key.clone(),
@@ -105,7 +116,31 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
+    let pipeline = Pipeline::new();
+    let host = PluginHost::new(HostOptions {
+        cache_dir: settings.plugin_cache.clone(),
+        defaults: settings.plugin_defaults.clone(),
+    })?;
+    let plugins = match &settings.plugins {
+        Some(dir) => {
+            let (h, d, p) = (host.clone(), dir.clone(), pipeline.clone());
+            let (plugins, report) =
+                tokio::task::spawn_blocking(move || h.open_dir(d, p, DirOptions::default()))
+                    .await?;
+            tracing::info!(
+                dir = %dir.display(),
+                loaded = ?report.loaded,
+                failed = ?report.failed,
+                "plugins loaded; watching the folder for changes"
+            );
+            plugins.watch()?;
+            Some(Arc::new(plugins))
+        }
+        None => None,
+    };
+
     let mut builder = Server::builder()
+        .pipeline(pipeline)
         .tokens(settings.tokens.clone())
         .keep_alive(settings.keep_alive)
         .backpressure(settings.backpressure);
@@ -132,7 +167,9 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(camp_server::admin::serve(
             admin,
             server.clone(),
-            None,
+            plugins
+                .clone()
+                .map(|p| p as Arc<dyn camp_server::admin::AdminReport>),
             async {
                 let _ = admin_stopped.await;
             },
@@ -148,6 +185,11 @@ async fn main() -> anyhow::Result<()> {
     });
     server.serve(listener, shutdown_signal()).await?;
     let _ = stop_admin.send(());
+    if let Some(plugins) = &plugins {
+        plugins.stop();
+        plugins.unload_all();
+    }
+    host.shutdown();
     tracing::info!("stopped");
     Ok(())
 }

@@ -279,3 +279,5 @@ pub trait Extension: Send + Sync + 'static {
     /// version); calls already running may still finish.
     fn unregistered(&self) {}
 }
+
+pub mod wasm;

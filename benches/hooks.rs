@@ -1,0 +1,108 @@
+//! Cost of one hook call: a pass-through WebAssembly plugin against a
+//! native Rust extension doing the same, for 64 B, 1 KiB and 64 KiB UTF-8
+//! and binary messages, plus the same through a one-plugin pipeline.
+//!
+//! `cargo bench --bench hooks`
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use camp_server::extension::wasm::{HostOptions, PluginConfig, PluginHost};
+use camp_server::extension::{Extension, Hook, HookError, HookSet, Message, Pipeline, Verdict};
+use camp_server::session::Session;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+/// A native extension that passes every message unchanged.
+struct NativePass;
+
+impl Extension for NativePass {
+    fn name(&self) -> &str {
+        "native"
+    }
+
+    fn hooks(&self) -> HookSet {
+        HookSet::ALL
+    }
+
+    fn call(&self, _: Hook, _: &Session, message: &mut Message) -> Result<Verdict, HookError> {
+        black_box(message);
+        Ok(Verdict::Pass)
+    }
+}
+
+/// A native extension that, like a plugin, gets its own copy of the
+/// message (the plugin's unavoidable copy into linear memory).
+struct NativeCopy;
+
+impl Extension for NativeCopy {
+    fn name(&self) -> &str {
+        "native-copy"
+    }
+
+    fn hooks(&self) -> HookSet {
+        HookSet::ALL
+    }
+
+    fn call(&self, _: Hook, _: &Session, message: &mut Message) -> Result<Verdict, HookError> {
+        black_box(message.clone());
+        Ok(Verdict::Pass)
+    }
+}
+
+/// Message sizes measured.
+const SIZES: [(usize, &str); 3] = [(64, "64B"), (1024, "1KiB"), (64 * 1024, "64KiB")];
+
+fn hooks(c: &mut Criterion) {
+    let host = PluginHost::new(HostOptions::default()).expect("host");
+    let bytes = std::fs::read(env!("CAMP_GUEST_PASSTHROUGH"))
+        .expect("passthrough.wasm (built by build.rs)");
+    let (wasm, timings) = host
+        .load("passthrough", &bytes, PluginConfig::default())
+        .expect("load passthrough");
+    eprintln!(
+        "passthrough.wasm: compile {:?}, instantiate+register {:?}",
+        timings.compile, timings.instantiate
+    );
+    let extensions: [(&str, Arc<dyn Extension>); 3] = [
+        ("wasm", wasm.clone()),
+        ("native", Arc::new(NativePass)),
+        ("native-copy", Arc::new(NativeCopy)),
+    ];
+    let (session, _outbox) = Session::detached(1);
+
+    for (kind, hook) in [
+        ("utf8", Hook::OnReceiveUtf8),
+        ("binary", Hook::OnReceiveBinary),
+    ] {
+        let mut group = c.benchmark_group(format!("hook-{kind}"));
+        for (size, label) in SIZES {
+            let message = match hook {
+                Hook::OnReceiveUtf8 => Message::Utf8("x".repeat(size)),
+                _ => Message::Binary(vec![7; size]),
+            };
+            group.throughput(Throughput::Bytes(size as u64));
+            for (name, ext) in &extensions {
+                let mut msg = message.clone();
+                group.bench_with_input(BenchmarkId::new(*name, label), &size, |b, _| {
+                    b.iter(|| ext.call(hook, &session, black_box(&mut msg)))
+                });
+            }
+        }
+        group.finish();
+    }
+
+    let mut group = c.benchmark_group("pipeline-utf8-64B");
+    for (name, ext) in &extensions {
+        let pipeline = Pipeline::new();
+        pipeline.register(ext.clone()).unwrap();
+        let mut msg = Message::Utf8("x".repeat(64));
+        group.bench_function(*name, |b| {
+            b.iter(|| pipeline.run(Hook::OnReceiveUtf8, &session, black_box(&mut msg)))
+        });
+    }
+    group.finish();
+    host.shutdown();
+}
+
+criterion_group!(benches, hooks);
+criterion_main!(benches);

@@ -1,0 +1,295 @@
+//! [`PluginHost`]: the one wasmtime engine and linker shared by all plugins,
+//! the epoch ticker that enforces time budgets, and loading a plugin from
+//! bytes or a file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use super::bindings::{Plugin as Bindings, PluginPre};
+use super::cache::{ArtifactCache, CacheOutcome, content_hash};
+use super::config::{ConfigError, PluginConfig};
+use super::plugin::{InstanceError, WasmPlugin};
+use super::state::InstanceState;
+
+/// The epoch tick: time budgets are enforced with this granularity.
+pub(crate) const TICK: Duration = Duration::from_millis(1);
+
+/// Why the plugin host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The wasmtime engine or linker could not be set up.
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The compiled-artifact cache directory could not be created.
+    #[error("cannot use cache directory {dir}: {source}")]
+    Cache {
+        /// The directory.
+        dir: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The epoch ticker thread could not be started.
+    #[error("cannot start the epoch ticker: {0}")]
+    Ticker(std::io::Error),
+}
+
+/// Why one plugin could not be loaded. The previous version (if any)
+/// keeps running.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// The `.wasm` file could not be read.
+    #[error("{file}: cannot read: {message}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        message: String,
+    },
+    /// The plugin's `NAME.toml` is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The bytes are not a valid component (or not for this engine).
+    #[error("{name}: not a valid WebAssembly component: {message}")]
+    Compile {
+        /// The plugin name.
+        name: String,
+        /// Wasmtime's message.
+        message: String,
+    },
+    /// The component does not target the `camp:extension/plugin` world
+    /// (missing exports, imports the host does not offer).
+    #[error("{name}: does not fit the camp:extension/plugin world: {message}")]
+    World {
+        /// The plugin name.
+        name: String,
+        /// Wasmtime's message.
+        message: String,
+    },
+    /// Instantiation, `name`, `hooks` or `on-register` failed or refused.
+    #[error("{name}: {error}")]
+    Instance {
+        /// The plugin name.
+        name: String,
+        /// What failed.
+        error: InstanceError,
+    },
+}
+
+/// Settings of the plugin host.
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// Where compiled artifacts are cached across restarts (`None`: memory
+    /// only). Must be private to the server: its files are native code.
+    pub cache_dir: Option<PathBuf>,
+    /// Settings for plugins whose `NAME.toml` does not set them.
+    pub defaults: PluginConfig,
+}
+
+/// Timings of one load, for logs and the admin view.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct LoadTimings {
+    /// Where the compiled component came from.
+    pub cache: CacheOutcome,
+    /// Compiling (or fetching) the component.
+    pub compile: Duration,
+    /// Linking, instantiating the first instance and `on-register`.
+    pub instantiate: Duration,
+}
+
+/// State shared by the host's clones.
+struct Shared {
+    /// The engine every plugin is compiled for.
+    engine: Engine,
+    /// The linker with WASI p2 and the `camp:extension/host` imports.
+    linker: Linker<InstanceState>,
+    /// Compiled artifacts.
+    cache: ArtifactCache,
+    /// Defaults for plugin settings.
+    defaults: PluginConfig,
+    /// Tells the ticker to stop.
+    stop: Arc<AtomicBool>,
+    /// The ticker thread.
+    ticker: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// The WebAssembly plugin host: one engine, one linker, one epoch ticker,
+/// one artifact cache, shared by every plugin. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginHost {
+    /// Shared state.
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost").finish_non_exhaustive()
+    }
+}
+
+impl PluginHost {
+    /// Sets up the engine (epoch interruption on, component-model async
+    /// off), links WASI p2 (granting nothing by default) and the host
+    /// interface, and starts the epoch ticker thread.
+    pub fn new(options: HostOptions) -> Result<PluginHost, HostError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.concurrency_support(false);
+        let engine = Engine::new(&config).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        Bindings::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)
+            .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let cache = ArtifactCache::new(&engine, options.cache_dir.clone()).map_err(|source| {
+            HostError::Cache {
+                dir: options.cache_dir.clone().unwrap_or_default(),
+                source,
+            }
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("camp-epoch".into())
+                .spawn(move || {
+                    // Catch up with the wall clock rather than counting
+                    // sleeps: on a busy machine a 1 ms sleep overshoots, and
+                    // budgets would stretch with it.
+                    let origin = Instant::now();
+                    let mut ticks: u128 = 0;
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(TICK);
+                        let due = origin.elapsed().as_nanos() / TICK.as_nanos();
+                        while ticks < due {
+                            engine.increment_epoch();
+                            ticks += 1;
+                        }
+                    }
+                })
+                .map_err(HostError::Ticker)?
+        };
+        Ok(PluginHost {
+            shared: Arc::new(Shared {
+                engine,
+                linker,
+                cache,
+                defaults: options.defaults,
+                stop,
+                ticker: std::sync::Mutex::new(Some(ticker)),
+            }),
+        })
+    }
+
+    /// The engine (e.g. to precompile components elsewhere).
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    /// The settings a plugin without a `NAME.toml` gets.
+    pub fn defaults(&self) -> &PluginConfig {
+        &self.shared.defaults
+    }
+
+    /// Loads a plugin from component bytes: compile (or fetch from the
+    /// cache), link, instantiate, `name`, `hooks`, `on-register`. Blocking
+    /// and possibly slow: call it off the async runtime.
+    pub fn load(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        config: PluginConfig,
+    ) -> Result<(Arc<WasmPlugin>, LoadTimings), LoadError> {
+        let started = Instant::now();
+        let hash = content_hash(bytes);
+        let (component, cache) = self
+            .shared
+            .cache
+            .get(&self.shared.engine, &hash, bytes)
+            .map_err(|e| LoadError::Compile {
+                name: name.to_string(),
+                message: format!("{e:#}"),
+            })?;
+        let compiled = Instant::now();
+        let pre = self
+            .shared
+            .linker
+            .instantiate_pre(&component)
+            .and_then(PluginPre::new)
+            .map_err(|e| LoadError::World {
+                name: name.to_string(),
+                message: format!("{e:#}"),
+            })?;
+        let plugin = WasmPlugin::new(
+            self.shared.clone(),
+            self.shared.engine.clone(),
+            pre,
+            name.to_string(),
+            hash,
+            config,
+        )
+        .map_err(|error| match error {
+            InstanceError::Instantiate(message) => LoadError::World {
+                name: name.to_string(),
+                message,
+            },
+            error => LoadError::Instance {
+                name: name.to_string(),
+                error,
+            },
+        })?;
+        let timings = LoadTimings {
+            cache,
+            compile: compiled - started,
+            instantiate: compiled.elapsed(),
+        };
+        Ok((Arc::new(plugin), timings))
+    }
+
+    /// Loads `NAME.wasm` with the settings of `NAME.toml` beside it (if
+    /// any); the plugin's name is the file stem.
+    pub fn load_file(&self, wasm: &Path) -> Result<(Arc<WasmPlugin>, LoadTimings), LoadError> {
+        let name = plugin_name(wasm);
+        let config = PluginConfig::load(&wasm.with_extension("toml"), &self.shared.defaults)?;
+        let bytes = std::fs::read(wasm).map_err(|e| LoadError::Read {
+            file: wasm.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        self.load(&name, &bytes, config)
+    }
+
+    /// Stops the epoch ticker. Plugins loaded afterwards, or calls made
+    /// afterwards, are no longer interrupted on time; call it at shutdown,
+    /// after the sessions are gone.
+    pub fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        let handle = self
+            .shared
+            .ticker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The pipeline name of a plugin file: its stem.
+pub fn plugin_name(wasm: &Path) -> String {
+    wasm.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

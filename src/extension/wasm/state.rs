@@ -1,0 +1,197 @@
+//! What one plugin instance's `Store` holds, and the host functions the
+//! plugin imports (`camp:extension/host`).
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::camp::extension::{host, types};
+use crate::session::Session;
+
+/// The host side of the WIT `session` resource. Hooks only ever get a
+/// borrow, valid for the duration of the call, of "the session of this
+/// call", so the handle carries nothing: the session itself sits in
+/// [`InstanceState`] while the call runs. That makes a call free of
+/// resource-table work and allocation.
+pub struct SessionSlot;
+
+/// A [`StoreLimits`] that also remembers whether a memory growth was
+/// refused, so a trap that follows can be reported as
+/// [`HookError::MemoryLimit`](crate::extension::HookError::MemoryLimit)
+/// rather than a generic trap.
+pub struct Limiter {
+    /// The limits themselves.
+    limits: StoreLimits,
+    /// Set when a growth was refused.
+    pub(crate) exceeded: bool,
+}
+
+impl Limiter {
+    /// A limiter capping linear memory at `memory_bytes`.
+    pub fn new(memory_bytes: usize) -> Limiter {
+        Limiter {
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(memory_bytes)
+                .build(),
+            exceeded: false,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if !allowed {
+            self.exceeded = true;
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+}
+
+/// The data of one instance's `Store`.
+pub struct InstanceState {
+    /// The plugin's name, for log lines written by the guest.
+    pub(crate) plugin: Arc<str>,
+    /// Resources handed to the guest (WASI handles).
+    pub(crate) table: ResourceTable,
+    /// The session of the hook call in progress (`None` between calls).
+    pub(crate) current: Option<Session>,
+    /// The WASI context: empty unless the configuration grants capabilities.
+    pub(crate) wasi: WasiCtx,
+    /// Memory cap.
+    pub(crate) limiter: Limiter,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl InstanceState {
+    /// The session behind a borrowed `session` handle: the session of the
+    /// call in progress; outside a call it traps.
+    fn session(&self, _handle: &Resource<SessionSlot>) -> wasmtime::Result<&Session> {
+        self.current
+            .as_ref()
+            .ok_or_else(|| wasmtime::format_err!("session handle used outside of a hook call"))
+    }
+}
+
+/// The origin of `monotonic-ms`.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+impl types::Host for InstanceState {}
+
+impl host::Host for InstanceState {
+    fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        let plugin = &*self.plugin;
+        match level {
+            types::Level::Trace => tracing::trace!(plugin, "{message}"),
+            types::Level::Debug => tracing::debug!(plugin, "{message}"),
+            types::Level::Info => tracing::info!(plugin, "{message}"),
+            types::Level::Warn => tracing::warn!(plugin, "{message}"),
+            types::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn monotonic_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(origin().elapsed().as_millis() as u64)
+    }
+
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0))
+    }
+}
+
+impl host::HostSession for InstanceState {
+    fn id(&mut self, this: Resource<SessionSlot>) -> wasmtime::Result<u64> {
+        Ok(self.session(&this)?.id())
+    }
+
+    fn remote_addr(&mut self, this: Resource<SessionSlot>) -> wasmtime::Result<Option<String>> {
+        Ok(self.session(&this)?.remote_addr().map(|a| a.to_string()))
+    }
+
+    fn get(
+        &mut self,
+        this: Resource<SessionSlot>,
+        key: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.session(&this)?.get(&key))
+    }
+
+    fn set(
+        &mut self,
+        this: Resource<SessionSlot>,
+        key: String,
+        value: String,
+    ) -> wasmtime::Result<()> {
+        self.session(&this)?.set(key, value);
+        Ok(())
+    }
+
+    fn remove(
+        &mut self,
+        this: Resource<SessionSlot>,
+        key: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.session(&this)?.remove(&key))
+    }
+
+    fn send_utf8(&mut self, this: Resource<SessionSlot>, text: String) -> wasmtime::Result<()> {
+        // The delivery receipt is not awaited: the plugin cannot wait.
+        drop(self.session(&this)?.send_utf8(text));
+        Ok(())
+    }
+
+    fn send_binary(&mut self, this: Resource<SessionSlot>, data: Vec<u8>) -> wasmtime::Result<()> {
+        drop(self.session(&this)?.send_binary(data));
+        Ok(())
+    }
+
+    fn send_error(&mut self, this: Resource<SessionSlot>, text: String) -> wasmtime::Result<()> {
+        drop(self.session(&this)?.send_error(text));
+        Ok(())
+    }
+
+    fn close(&mut self, this: Resource<SessionSlot>, reason: String) -> wasmtime::Result<()> {
+        self.session(&this)?.close(reason);
+        Ok(())
+    }
+
+    fn drop(&mut self, this: Resource<SessionSlot>) -> wasmtime::Result<()> {
+        // Only borrows are ever handed out and they carry nothing, so
+        // there is nothing to free.
+        let _ = this;
+        Ok(())
+    }
+}

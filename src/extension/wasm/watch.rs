@@ -1,0 +1,593 @@
+//! [`PluginDir`]: a folder of plugins kept in sync with the pipeline.
+//!
+//! The folder is reconciled as a whole ("level-triggered"): every scan
+//! lists `*.wasm` files (hidden and temporary names ignored, symlinks
+//! followed), loads those whose bytes or `NAME.toml` changed since the
+//! last attempt, and unloads plugins whose file is gone. A `notify`
+//! watcher on the folder (not on files, which editors, `cp`, `mv` and
+//! Kubernetes' `..data` symlink swap all replace in different ways) only
+//! triggers scans, after a short debounce; a periodic scan is the safety
+//! net for missed events.
+//!
+//! Partial writes (an in-place `cp` of a large file) are handled by
+//! waiting until a file's size, mtime and inode have been stable for a
+//! settle time before reading it, re-checking after reading, and letting a
+//! later change retry a failed load. A version that fails to compile,
+//! link, instantiate or register is never swapped in: the old version
+//! keeps serving and the error is kept for the admin view.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+
+use super::cache::content_hash;
+use super::config::PluginConfig;
+use super::host::{HostError, LoadTimings, PluginHost};
+use crate::extension::Pipeline;
+
+/// Timing knobs of a watched folder.
+#[derive(Debug, Clone)]
+pub struct DirOptions {
+    /// Quiet time after a file-system event before scanning (editors and
+    /// `cp` produce bursts).
+    pub debounce: Duration,
+    /// How long a file must be unchanged before it is read (partial-write
+    /// protection).
+    pub settle: Duration,
+    /// Interval of the safety-net scan.
+    pub rescan_interval: Duration,
+}
+
+impl Default for DirOptions {
+    fn default() -> DirOptions {
+        DirOptions {
+            debounce: Duration::from_millis(50),
+            settle: Duration::from_millis(100),
+            rescan_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the folder could not be watched.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The `notify` watcher failed.
+    #[error("cannot watch {dir}: {message}")]
+    Notify {
+        /// The folder.
+        dir: PathBuf,
+        /// The watcher's message.
+        message: String,
+    },
+    /// The watcher thread could not be started.
+    #[error("cannot start the watcher thread: {0}")]
+    Thread(std::io::Error),
+    /// The plugin host failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+/// The loaded version of a plugin, for the admin view.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadedVersion {
+    /// SHA-256 of the component.
+    pub hash: String,
+    /// The name the plugin gives itself.
+    pub guest_name: String,
+    /// The hooks it implements.
+    pub hooks: Vec<&'static str>,
+    /// Its effective configuration.
+    pub config: PluginConfig,
+    /// When it was swapped in.
+    pub loaded_at: SystemTime,
+    /// How long loading took.
+    pub timings: LoadTimings,
+}
+
+/// One plugin file's state, for the admin view.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginStatus {
+    /// Pipeline name (file stem).
+    pub name: String,
+    /// The `.wasm` file.
+    pub file: PathBuf,
+    /// The version serving now, if any.
+    pub loaded: Option<LoadedVersion>,
+    /// The last load error (cleared by a successful load).
+    pub last_error: Option<String>,
+    /// When it happened.
+    pub last_error_at: Option<SystemTime>,
+    /// Successful loads so far.
+    pub loads: u64,
+    /// Failed loads so far.
+    pub load_errors: u64,
+}
+
+/// What one scan did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Plugins loaded or replaced.
+    pub loaded: Vec<String>,
+    /// Plugins removed from the pipeline.
+    pub unloaded: Vec<String>,
+    /// Plugins whose new version failed (the old one, if any, stays).
+    pub failed: Vec<String>,
+    /// Plugins whose files are still changing; scanned again soon.
+    pub pending: Vec<String>,
+}
+
+/// Identity of a file's current contents, cheap to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    /// Size.
+    len: u64,
+    /// Modification time.
+    mtime: SystemTime,
+    /// Device and inode (a rename or symlink swap changes them).
+    dev: u64,
+    /// Inode.
+    ino: u64,
+}
+
+impl FileStamp {
+    /// The stamp of `path`, following symlinks; `None` if it is not a file.
+    fn of(path: &Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        meta.is_file().then(|| FileStamp {
+            len: meta.len(),
+            mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+/// The stamps of a plugin's `.wasm` and `.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    /// The component file.
+    wasm: FileStamp,
+    /// The configuration file, if present.
+    toml: Option<FileStamp>,
+}
+
+impl Fingerprint {
+    /// The fingerprint of the plugin at `wasm`.
+    fn of(wasm: &Path) -> Option<Fingerprint> {
+        Some(Fingerprint {
+            wasm: FileStamp::of(wasm)?,
+            toml: FileStamp::of(&wasm.with_extension("toml")),
+        })
+    }
+
+    /// Time since the most recent modification (zero if in the future).
+    fn age(&self) -> Duration {
+        let newest = self
+            .toml
+            .map_or(self.wasm.mtime, |t| t.mtime.max(self.wasm.mtime));
+        SystemTime::now()
+            .duration_since(newest)
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// What the folder knows about one plugin name.
+struct Tracked {
+    /// Fingerprint of the last load attempt (success or failure): an
+    /// unchanged fingerprint is not retried.
+    attempted: Option<Fingerprint>,
+    /// The last fingerprint seen and when it was first seen (settling).
+    seen: Option<(Fingerprint, Instant)>,
+    /// The config text of the loaded version (to skip no-op reloads).
+    loaded_config: Option<String>,
+    /// Admin view.
+    status: PluginStatus,
+}
+
+/// Shared state of a folder.
+struct DirInner {
+    /// The host that compiles and instantiates.
+    host: PluginHost,
+    /// The folder.
+    dir: PathBuf,
+    /// The pipeline plugins are swapped into.
+    pipeline: Pipeline,
+    /// Timing knobs.
+    options: DirOptions,
+    /// Per-name state; also serializes scans.
+    state: Mutex<BTreeMap<String, Tracked>>,
+}
+
+/// Messages to the watcher thread.
+enum WatchMsg {
+    /// Something changed in the folder.
+    Changed,
+    /// Stop the thread.
+    Stop,
+}
+
+/// The running watcher.
+struct WatchThread {
+    /// Wakes the thread.
+    tx: mpsc::Sender<WatchMsg>,
+    /// The thread.
+    handle: JoinHandle<()>,
+    /// The `notify` watcher (dropping it stops events).
+    _watcher: notify::RecommendedWatcher,
+}
+
+/// A folder of plugins kept in sync with a pipeline. Dropping it stops the
+/// watcher but leaves the plugins loaded (see [`PluginDir::unload_all`]).
+pub struct PluginDir {
+    /// Shared with the watcher thread.
+    inner: Arc<DirInner>,
+    /// The watcher, once started.
+    watch: Mutex<Option<WatchThread>>,
+}
+
+impl std::fmt::Debug for PluginDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginDir")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+/// Locks, ignoring poisoning (state updates are whole-field writes).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether `name` is a plugin file name: `*.wasm`, not hidden, not an
+/// editor or download temporary.
+fn is_plugin_file(name: &str) -> bool {
+    name.ends_with(".wasm")
+        && name.len() > ".wasm".len()
+        && !name.starts_with('.')
+        && !name.starts_with('#')
+        && !name.contains('~')
+}
+
+impl PluginHost {
+    /// Loads every plugin in `dir` into `pipeline` now (blocking: call it
+    /// before starting the runtime or in `spawn_blocking`) and returns the
+    /// folder handle; call [`PluginDir::watch`] to follow changes. A plugin
+    /// that fails to load is reported in its status, not as an error.
+    pub fn open_dir(
+        &self,
+        dir: impl Into<PathBuf>,
+        pipeline: Pipeline,
+        options: DirOptions,
+    ) -> (PluginDir, ScanReport) {
+        let dir = PluginDir {
+            inner: Arc::new(DirInner {
+                host: self.clone(),
+                dir: dir.into(),
+                pipeline,
+                options,
+                state: Mutex::new(BTreeMap::new()),
+            }),
+            watch: Mutex::new(None),
+        };
+        let report = dir.inner.scan(true);
+        (dir, report)
+    }
+}
+
+impl PluginDir {
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Reconciles the folder with the pipeline now (blocking).
+    pub fn rescan(&self) -> ScanReport {
+        self.inner.scan(false)
+    }
+
+    /// The admin view: every plugin file seen, by name.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        lock(&self.inner.state)
+            .values()
+            .map(|t| t.status.clone())
+            .collect()
+    }
+
+    /// Starts following the folder: a `notify` watcher plus a periodic
+    /// scan, on a dedicated thread (never on the async runtime).
+    pub fn watch(&self) -> Result<(), WatchError> {
+        let mut slot = lock(&self.watch);
+        if slot.is_some() {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::channel();
+        let events = tx.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Any event (even on hidden names such as `..data`) may change
+                // what the folder's plugin names resolve to: scan.
+                if event.is_ok() {
+                    let _ = events.send(WatchMsg::Changed);
+                }
+            })
+            .map_err(|e| WatchError::Notify {
+                dir: self.inner.dir.clone(),
+                message: e.to_string(),
+            })?;
+        watcher
+            .watch(&self.inner.dir, RecursiveMode::NonRecursive)
+            .map_err(|e| WatchError::Notify {
+                dir: self.inner.dir.clone(),
+                message: e.to_string(),
+            })?;
+        let inner = self.inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("camp-plugin-watch".into())
+            .spawn(move || inner.run(rx))
+            .map_err(WatchError::Thread)?;
+        *slot = Some(WatchThread {
+            tx,
+            handle,
+            _watcher: watcher,
+        });
+        Ok(())
+    }
+
+    /// Stops the watcher (plugins stay loaded).
+    pub fn stop(&self) {
+        if let Some(watch) = lock(&self.watch).take() {
+            let _ = watch.tx.send(WatchMsg::Stop);
+            let _ = watch.handle.join();
+        }
+    }
+
+    /// Stops the watcher and unregisters every plugin loaded from this
+    /// folder (their `on-unregister` runs).
+    pub fn unload_all(&self) {
+        self.stop();
+        let mut state = lock(&self.inner.state);
+        for (name, tracked) in std::mem::take(&mut *state) {
+            if tracked.status.loaded.is_some() {
+                self.inner.pipeline.unregister(&name);
+            }
+        }
+    }
+}
+
+impl Drop for PluginDir {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl DirInner {
+    /// The watcher thread: debounced scans on events, periodic scans, and
+    /// retries while files settle.
+    fn run(&self, rx: mpsc::Receiver<WatchMsg>) {
+        let mut next_periodic = Instant::now() + self.options.rescan_interval;
+        let mut due: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let wake = due.map_or(next_periodic, |d| d.min(next_periodic));
+            match rx.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(WatchMsg::Changed) => {
+                    // Debounce: push the scan back while events keep coming.
+                    due = Some(Instant::now() + self.options.debounce);
+                    continue;
+                }
+                Ok(WatchMsg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            let periodic = now >= next_periodic;
+            if due.is_some_and(|d| now >= d) || periodic {
+                let report = self.scan(false);
+                due = (!report.pending.is_empty()).then(|| Instant::now() + self.options.settle);
+                if periodic {
+                    next_periodic = Instant::now() + self.options.rescan_interval;
+                }
+            }
+        }
+    }
+
+    /// Lists the folder's plugin files by name.
+    fn candidates(&self) -> std::io::Result<BTreeMap<String, PathBuf>> {
+        let mut found = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str() else {
+                continue;
+            };
+            if is_plugin_file(name) {
+                let path = entry.path();
+                found.insert(super::host::plugin_name(&path), path);
+            }
+        }
+        Ok(found)
+    }
+
+    /// One reconciliation pass. `initial` skips the settle wait (at start
+    /// the files are whatever they are).
+    fn scan(&self, initial: bool) -> ScanReport {
+        let mut state = lock(&self.state);
+        let mut report = ScanReport::default();
+        let candidates = match self.candidates() {
+            Ok(c) => c,
+            Err(e) => {
+                // A missing or unreadable folder changes nothing: unloading
+                // everything because of a transient error would be worse.
+                tracing::error!(dir = %self.dir.display(), "cannot list plugin folder: {e}");
+                return report;
+            }
+        };
+        for (name, path) in &candidates {
+            let Some(print) = Fingerprint::of(path) else {
+                continue;
+            };
+            let tracked = state.entry(name.clone()).or_insert_with(|| Tracked {
+                attempted: None,
+                seen: None,
+                loaded_config: None,
+                status: PluginStatus {
+                    name: name.clone(),
+                    file: path.clone(),
+                    loaded: None,
+                    last_error: None,
+                    last_error_at: None,
+                    loads: 0,
+                    load_errors: 0,
+                },
+            });
+            if tracked.attempted == Some(print) {
+                continue;
+            }
+            // Settle: unchanged for `settle`, by mtime or by observation.
+            let now = Instant::now();
+            let seen_since = match tracked.seen {
+                Some((seen, at)) if seen == print => at,
+                _ => {
+                    tracked.seen = Some((print, now));
+                    now
+                }
+            };
+            let settled = initial
+                || print.age() >= self.options.settle
+                || now.duration_since(seen_since) >= self.options.settle;
+            if !settled {
+                report.pending.push(name.clone());
+                continue;
+            }
+            match self.reload(name, path, print, tracked) {
+                Reload::Loaded => report.loaded.push(name.clone()),
+                Reload::Unchanged => {}
+                Reload::Failed => report.failed.push(name.clone()),
+                Reload::Changing => report.pending.push(name.clone()),
+            }
+        }
+        let gone: Vec<String> = state
+            .keys()
+            .filter(|n| !candidates.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            let tracked = state.remove(&name).expect("listed");
+            if tracked.status.loaded.is_some() && self.pipeline.unregister(&name).is_some() {
+                tracing::info!(plugin = %name, file = %tracked.status.file.display(), "plugin unloaded: file removed");
+                report.unloaded.push(name);
+            }
+        }
+        report
+    }
+
+    /// Loads a changed plugin and swaps it in.
+    fn reload(&self, name: &str, path: &Path, print: Fingerprint, tracked: &mut Tracked) -> Reload {
+        let toml_path = path.with_extension("toml");
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(_) => return Reload::Changing,
+        };
+        let config_text = std::fs::read_to_string(&toml_path).ok();
+        if Fingerprint::of(path) != Some(print) {
+            return Reload::Changing;
+        }
+        tracked.attempted = Some(print);
+        tracked.status.file = path.to_path_buf();
+        let hash = content_hash(&bytes);
+        if let Some(loaded) = &tracked.status.loaded
+            && loaded.hash == hash
+            && tracked.loaded_config == config_text
+        {
+            return Reload::Unchanged;
+        }
+        let config = match &config_text {
+            Some(text) => PluginConfig::parse(text, &toml_path, self.host.defaults()),
+            None => Ok(self.host.defaults().clone()),
+        };
+        let result = config
+            .map_err(super::host::LoadError::from)
+            .and_then(|config| self.host.load(name, &bytes, config));
+        match result {
+            Ok((plugin, timings)) => {
+                let meta = plugin.meta().clone();
+                let replaced = self.pipeline.upsert(plugin, meta.config.order).is_some();
+                tracing::info!(
+                    plugin = name,
+                    file = %path.display(),
+                    hash = &meta.hash[..12],
+                    cache = ?timings.cache,
+                    compile_ms = timings.compile.as_secs_f64() * 1e3,
+                    instantiate_ms = timings.instantiate.as_secs_f64() * 1e3,
+                    "plugin {}",
+                    if replaced { "replaced" } else { "loaded" }
+                );
+                tracked.loaded_config = config_text;
+                tracked.status.loaded = Some(LoadedVersion {
+                    hash: meta.hash,
+                    guest_name: meta.guest_name,
+                    hooks: meta.hooks.iter().map(|h| h.name()).collect(),
+                    config: meta.config,
+                    loaded_at: SystemTime::now(),
+                    timings,
+                });
+                tracked.status.loads += 1;
+                tracked.status.last_error = None;
+                tracked.status.last_error_at = None;
+                Reload::Loaded
+            }
+            Err(e) => {
+                tracing::error!(
+                    plugin = name,
+                    file = %path.display(),
+                    serving = tracked.status.loaded.as_ref().map(|l| &l.hash[..12]),
+                    "plugin load failed, previous version (if any) keeps serving: {e}"
+                );
+                tracked.status.last_error = Some(e.to_string());
+                tracked.status.last_error_at = Some(SystemTime::now());
+                tracked.status.load_errors += 1;
+                Reload::Failed
+            }
+        }
+    }
+}
+
+/// Outcome of one plugin's reload attempt.
+enum Reload {
+    /// A new version serves.
+    Loaded,
+    /// Same bytes and configuration as the serving version.
+    Unchanged,
+    /// The new version was refused; the old one (if any) serves.
+    Failed,
+    /// The file changed while it was read; try again later.
+    Changing,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_plugin_file;
+
+    #[test]
+    fn temporary_and_hidden_names_are_not_plugins() {
+        assert!(is_plugin_file("filter.wasm"));
+        assert!(is_plugin_file("00-logger.wasm"));
+        for name in [
+            ".filter.wasm",
+            "..data",
+            ".filter.wasm.tmp",
+            "filter.wasm~",
+            "#filter.wasm#",
+            "filter.wasm.part",
+            "filter.toml",
+            ".wasm",
+        ] {
+            assert!(!is_plugin_file(name), "{name}");
+        }
+    }
+}

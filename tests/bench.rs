@@ -117,6 +117,13 @@ async fn echo_against_the_server_binary() {
     let (ok, report) = bench(&echo_args(&url, "4096")).await;
     assert!(ok, "{report}");
     check_echo(&report, 2, 200, 4096);
+    assert_eq!(report["kind"], "binary");
+    let mut text = echo_args(&url, "100");
+    text.push("--text");
+    let (ok, report) = bench(&text).await;
+    assert!(ok, "{report}");
+    check_echo(&report, 2, 200, 100);
+    assert_eq!(report["kind"], "utf8");
 
     // A wrong token: every session fails, the report says so, exit 1.
     let mut args = echo_args(&url, "64");
@@ -229,5 +236,41 @@ async fn transfer_reports_push_and_pull_throughput() {
     assert_eq!(report["legs"][1]["behaviour"], "pull");
     assert!(report["push_mb_per_s"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["pull_mb_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    server.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn echo_through_the_example_plugin_pipeline() {
+    // A copy of the built logger, filter and rpc plugins (the server
+    // watches its folder).
+    let dir = tempfile::tempdir().unwrap();
+    let built = std::path::Path::new(env!("CAMP_PLUGINS_DIR"));
+    for name in ["logger", "filter", "rpc"] {
+        for ext in ["wasm", "toml"] {
+            let file = format!("{name}.{ext}");
+            std::fs::copy(built.join(&file), dir.path().join(&file)).unwrap();
+        }
+    }
+    let (mut server, url) = start(
+        env!("CARGO_BIN_EXE_camp-server"),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--token",
+            TOKEN,
+            "--log",
+            "warn",
+            "--plugins",
+            dir.path().to_str().unwrap(),
+        ],
+    )
+    .await;
+    let mut args = echo_args(&url, "64");
+    args.push("--text");
+    let (ok, report) = bench(&args).await;
+    assert!(ok, "{report}");
+    check_echo(&report, 2, 200, 64);
+    assert_eq!(report["kind"], "utf8");
     server.kill().await.unwrap();
 }

@@ -41,9 +41,13 @@ pub(crate) struct EchoArgs {
     /// Messages in flight per session (sent, echo not yet received).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     window: u32,
-    /// Payload size in bytes (BINARYDATA).
+    /// Payload size in bytes.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
     size: u32,
+    /// Send UTF8DATA (lower-case letters) instead of BINARYDATA, so that
+    /// plugins that only hook text messages see the load too.
+    #[arg(long)]
+    text: bool,
     /// The query parameter that carries the session id.
     #[arg(long, default_value = "x-camp-sid")]
     sid_param: String,
@@ -70,6 +74,8 @@ struct Report {
     window: u32,
     /// Payload bytes per message.
     size: u32,
+    /// `utf8` or `binary`.
+    kind: &'static str,
     /// Sessions that connected and completed the handshake.
     connected: u32,
     /// Echoes received, over all sessions (`sessions * messages` when all
@@ -172,6 +178,7 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
         messages: args.messages,
         window: args.window,
         size: args.size,
+        kind: if args.text { "utf8" } else { "binary" },
         connected,
         echoes,
         errors,
@@ -260,9 +267,15 @@ async fn drive(conn: &mut Conn, args: &EchoArgs, outcome: &mut Outcome) -> anyho
     // The data frame, built once; each send patches in its ack id.
     let mut template = BytesMut::with_capacity(TRACKED_HEADER + size);
     template.put_u64(conn.sid);
-    template.put_u8(ty::BINARY);
-    template.put_u32(0);
-    template.extend((0..size).map(|i| (i % 251) as u8));
+    if args.text {
+        template.put_u8(ty::UTF8);
+        template.put_u32(0);
+        template.extend((0..size).map(|i| b'a' + (i % 26) as u8));
+    } else {
+        template.put_u8(ty::BINARY);
+        template.put_u32(0);
+        template.extend((0..size).map(|i| (i % 251) as u8));
+    }
     let data = |ack: u32| {
         let mut frame = template.clone();
         frame[9..13].copy_from_slice(&ack.to_be_bytes());

@@ -431,8 +431,20 @@ impl Inner {
 
 /// WebSocket settings: messages a little larger than the largest CAMP frame
 /// still reach the codec, so an oversized frame gets a precise ERROR.
+///
+/// The read buffer is 8 KiB instead of tungstenite's 128 KiB default:
+/// tungstenite allocates it per connection up front and zero-fills its
+/// free part before every socket read, so the default made every idle
+/// session cost ~128 KiB of resident memory and every read a 128 KiB
+/// memset. Measured with `camp-bench` (see BENCHMARKS.md): idle memory
+/// drops from ~139 KiB to ~30 KiB per session; large frames still arrive
+/// whole (the buffer grows to the frame's length and reads in 8 KiB
+/// steps).
+pub(crate) const READ_BUFFER: usize = 8 * 1024;
+
 pub(crate) fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(2 * protocol::MAX_FRAME))
         .max_frame_size(Some(2 * protocol::MAX_FRAME))
 }

@@ -2,7 +2,9 @@
 //! format by the admin listener.
 //!
 //! Everything is a relaxed atomic: sessions on every core count into the
-//! same [`Metrics`] without locks.
+//! same [`Metrics`] without locks. Transactions are counted by their
+//! frames: `camp_frames_{in,out}_total{type="TX_START"}` (started),
+//! `TX_FINISH` (finished) and `TX_CANCEL` (cancelled), per direction.
 
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -113,12 +115,6 @@ pub struct Metrics {
     pub ack_timeouts: AtomicU64,
     /// Data frames dropped by the backpressure policy, by policy.
     queue_drops: [AtomicU64; 3],
-    /// Transactions started (both directions).
-    pub transactions_started: AtomicU64,
-    /// Transactions that completed.
-    pub transactions_finished: AtomicU64,
-    /// Transactions cancelled or failed.
-    pub transactions_cancelled: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -135,9 +131,6 @@ impl Default for Metrics {
             ack_rtt: Histogram::new(RTT_BOUNDS),
             ack_timeouts: AtomicU64::new(0),
             queue_drops: Default::default(),
-            transactions_started: AtomicU64::new(0),
-            transactions_finished: AtomicU64::new(0),
-            transactions_cancelled: AtomicU64::new(0),
         }
     }
 }
@@ -295,21 +288,6 @@ impl Metrics {
                 o,
                 "camp_queue_drops_total{{policy=\"{policy}\"}} {}",
                 load(&self.queue_drops[i])
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP camp_transactions_total Transactions, by outcome.\n# TYPE camp_transactions_total counter"
-        );
-        for (outcome, v) in [
-            ("started", &self.transactions_started),
-            ("finished", &self.transactions_finished),
-            ("cancelled", &self.transactions_cancelled),
-        ] {
-            let _ = writeln!(
-                o,
-                "camp_transactions_total{{outcome=\"{outcome}\"}} {}",
-                load(v)
             );
         }
         let _ = writeln!(

@@ -2,6 +2,8 @@
 //! each drop policy, other sessions, transaction frames, and bounded memory
 //! for a 1 GiB stream.
 
+mod common;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -16,10 +18,10 @@ use camp_server::session::{
     Backpressure, Delivery, DeliveryError, DropPolicy, Session, SessionEvent, SessionEvents,
     StreamOptions,
 };
+use common::{TOKEN, TestServer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, ReadBuf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-const TOKEN: &str = "secret";
 const MIB: usize = 1024 * 1024;
 const MARKER: &str = "marker";
 
@@ -38,31 +40,10 @@ fn limits(drop_policy: DropPolicy) -> Backpressure {
 async fn serve(
     backpressure: Backpressure,
 ) -> (
-    SocketAddr,
+    TestServer,
     mpsc::UnboundedReceiver<(Session, SessionEvents)>,
-    oneshot::Sender<()>,
 ) {
-    let (server, mut incoming) = Server::builder()
-        .tokens([TOKEN])
-        .backpressure(backpressure)
-        .build();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(s) = incoming.next().await {
-            let _ = tx.send(s);
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        server
-            .serve(listener, async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    (addr, rx, stop)
+    TestServer::with_sessions(Server::builder().tokens([TOKEN]).backpressure(backpressure)).await
 }
 
 async fn connect(addr: SocketAddr) -> (Session, SessionEvents) {
@@ -142,7 +123,8 @@ async fn dropped(d: Delivery) -> bool {
 /// more binary into the full queue, resume. Checks the cap and that every
 /// message is either received or reported dropped, in order.
 async fn policy_run(policy: DropPolicy) -> (Received, bool, bool, u64) {
-    let (addr, mut sessions, _stop) = serve(limits(policy)).await;
+    let (server, mut sessions) = serve(limits(policy)).await;
+    let addr = server.addr;
     let (_client, events) = connect(addr).await;
     let (session, _server_events) = sessions.recv().await.unwrap();
     let mut sent = flood(&session).await;
@@ -217,9 +199,8 @@ async fn drops_are_reported_in_the_statistics_and_other_sessions_are_unaffected(
         .backpressure(limits(DropPolicy::DropOldest))
         .keep_alive(Duration::from_secs(2))
         .build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+    let server = TestServer::start(server).await;
+    let addr = server.addr;
     let (_stalled, stalled_events) = connect(addr).await;
     let (flooded, mut flooded_events) = incoming.next().await.unwrap();
     let (other, mut other_events) = connect(addr).await;
@@ -347,7 +328,8 @@ async fn timed<F: Future<Output = u64>>(what: &str, f: F) -> u64 {
 #[tokio::test]
 async fn streaming_1_gib_each_way_keeps_peak_rss_under_200_mib() {
     const GIB: u64 = 1024 * 1024 * 1024;
-    let (addr, mut sessions, _stop) = serve(Backpressure::default()).await;
+    let (server, mut sessions) = serve(Backpressure::default()).await;
+    let addr = server.addr;
     let (client, mut client_events) = connect(addr).await;
     let (server_side, mut server_events) = sessions.recv().await.unwrap();
 
@@ -385,7 +367,8 @@ async fn streaming_1_gib_each_way_keeps_peak_rss_under_200_mib() {
 
 #[tokio::test]
 async fn transaction_frames_wait_instead_of_being_dropped() {
-    let (addr, mut sessions, _stop) = serve(limits(DropPolicy::DropNewest)).await;
+    let (server, mut sessions) = serve(limits(DropPolicy::DropNewest)).await;
+    let addr = server.addr;
     let (_client, mut events) = connect(addr).await;
     let (session, _server_events) = sessions.recv().await.unwrap();
     let flooded = flood(&session).await.len();

@@ -1,51 +1,27 @@
 //! Server-to-server: one server dials another with `connect_peer` and both
 //! ends get the usual session API, messages and streams both ways.
 
+mod common;
+
 use std::time::Duration;
 
 use camp_server::extension::Message;
+use camp_server::server::Server;
 use camp_server::server::tls::{ClientTls, TlsConfig};
-use camp_server::server::{Server, ServerBuilder};
-use camp_server::session::{Session, SessionEvent, SessionEvents, StreamOptions};
+use camp_server::session::{SessionEvent, StreamOptions};
+use common::TestServer;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, oneshot};
-
-/// Serves `builder` on 127.0.0.1:0; new sessions go to the returned channel.
-async fn start(
-    builder: ServerBuilder,
-) -> (
-    Server,
-    u16,
-    mpsc::UnboundedReceiver<(Session, SessionEvents)>,
-    oneshot::Sender<()>,
-) {
-    let (server, mut incoming) = builder.build();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(s) = incoming.next().await {
-            let _ = tx.send(s);
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let s = server.clone();
-    tokio::spawn(async move {
-        s.serve(listener, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    (server, port, rx, stop)
-}
 
 #[tokio::test]
 async fn two_servers_talk_through_connect_peer() {
-    let (_b, b_port, mut b_sessions, _stop_b) = start(Server::builder().tokens(["b-token"])).await;
-    let (a, _a_port, _a_sessions, stop_a) = start(Server::builder().tokens(["a-token"])).await;
+    let (b, mut b_sessions) =
+        TestServer::with_sessions(Server::builder().tokens(["b-token"])).await;
+    let (mut a, _a_sessions) =
+        TestServer::with_sessions(Server::builder().tokens(["a-token"])).await;
 
     let (to_b, mut from_b) = a
-        .connect_peer(format!("ws://127.0.0.1:{b_port}/"), "b-token")
+        .server
+        .connect_peer(b.url(), "b-token")
         .await
         .expect("A dials B");
     let (at_b, mut b_events) = b_sessions.recv().await.unwrap();
@@ -82,14 +58,11 @@ async fn two_servers_talk_through_connect_peer() {
     assert_eq!(transfer.await.unwrap(), 13);
 
     // A wrong token is refused by B.
-    let err = a
-        .connect_peer(format!("ws://127.0.0.1:{b_port}/"), "nope")
-        .await
-        .unwrap_err();
+    let err = a.server.connect_peer(b.url(), "nope").await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
 
     // A's shutdown closes its peer sessions gracefully.
-    stop_a.send(()).unwrap();
+    a.stop();
     let info = b_events.closed().await.unwrap();
     assert_eq!(info.code, 4000, "{info:?}");
     assert!(to_b.is_closed() || from_b.closed().await.is_some());
@@ -100,12 +73,13 @@ async fn a_peer_over_wss() {
     let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert, key) = (c.cert.pem(), c.signing_key.serialize_pem());
     let tls = TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
-    let (_b, b_port, mut b_sessions, _stop_b) =
-        start(Server::builder().tokens(["t"]).tls(tls)).await;
+    let (b, mut b_sessions) =
+        TestServer::with_sessions(Server::builder().tokens(["t"]).tls(tls)).await;
     let roots = ClientTls::with_root_pem(cert.as_bytes()).unwrap();
-    let (a, _, _, _stop_a) = start(Server::builder().tokens(["t"]).peer_tls(roots)).await;
+    let (a, _) = TestServer::with_sessions(Server::builder().tokens(["t"]).peer_tls(roots)).await;
     let (to_b, _events) = a
-        .connect_peer(format!("wss://localhost:{b_port}/"), "t")
+        .server
+        .connect_peer(b.wss_url(), "t")
         .await
         .expect("A dials B over TLS");
     let (_at_b, mut b_events) = b_sessions.recv().await.unwrap();

@@ -1,6 +1,8 @@
 //! TLS end to end: a certificate generated in the test, a `wss://` client
 //! that trusts it, a stream over it, and clear errors for bad PEM files.
 
+mod common;
+
 use std::time::Duration;
 
 use camp_server::client::{Client, ClientError, ClientTls};
@@ -8,10 +10,8 @@ use camp_server::extension::Message;
 use camp_server::server::Server;
 use camp_server::server::tls::{TlsConfig, TlsError};
 use camp_server::session::{SessionEvent, StreamOptions};
+use common::{TOKEN, TestServer};
 use tokio::io::AsyncReadExt;
-use tokio::sync::oneshot;
-
-const TOKEN: &str = "secret";
 
 /// A self-signed certificate for `localhost`: (cert PEM, key PEM).
 fn certificate() -> (String, String) {
@@ -20,7 +20,7 @@ fn certificate() -> (String, String) {
 }
 
 /// An echo server (messages and streams) serving TLS with `tls`.
-async fn tls_echo(tls: TlsConfig) -> (u16, oneshot::Sender<()>) {
+async fn tls_echo(tls: TlsConfig) -> TestServer {
     let (server, mut incoming) = Server::builder().tokens([TOKEN]).tls(tls).build();
     tokio::spawn(async move {
         while let Some((session, mut events)) = incoming.next().await {
@@ -38,26 +38,15 @@ async fn tls_echo(tls: TlsConfig) -> (u16, oneshot::Sender<()>) {
             });
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        server
-            .serve(listener, async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    (port, stop)
+    TestServer::start(server).await
 }
 
 #[tokio::test]
 async fn wss_session_end_to_end_with_a_generated_certificate() {
     let (cert, key) = certificate();
-    let (port, _stop) =
-        tls_echo(TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap()).await;
+    let server = tls_echo(TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap()).await;
     let roots = ClientTls::with_root_pem(cert.as_bytes()).unwrap();
-    let (session, mut events) = Client::new(format!("wss://localhost:{port}/"), TOKEN)
+    let (session, mut events) = Client::new(server.wss_url(), TOKEN)
         .tls(roots)
         .connect()
         .await
@@ -86,11 +75,10 @@ async fn wss_session_end_to_end_with_a_generated_certificate() {
 #[tokio::test]
 async fn a_client_that_does_not_trust_the_certificate_is_refused() {
     let (cert, key) = certificate();
-    let (port, _stop) =
-        tls_echo(TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap()).await;
+    let server = tls_echo(TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap()).await;
     let (other, _) = certificate();
     let roots = ClientTls::with_root_pem(other.as_bytes()).unwrap();
-    let err = Client::new(format!("wss://localhost:{port}/"), TOKEN)
+    let err = Client::new(server.wss_url(), TOKEN)
         .tls(roots)
         .connect()
         .await

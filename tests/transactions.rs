@@ -2,6 +2,8 @@
 //! echo server in both directions, ranges, cancels, protocol errors, and
 //! the frames on the wire.
 
+mod common;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -17,12 +19,12 @@ use camp_server::server::Server;
 use camp_server::session::{
     IncomingStream, Session, SessionEvent, SessionEvents, StreamOptions, TransferError,
 };
+use common::{TOKEN, TestServer};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as Ws;
 
-const TOKEN: &str = "secret";
 const MIB: u64 = 1024 * 1024;
 const SIZES: [u64; 4] = [0, 1, MIB, 64 * MIB + 3];
 
@@ -111,28 +113,19 @@ type App =
     Arc<dyn Fn(Session, SessionEvents) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// A server on 127.0.0.1:0 whose sessions run `app`.
-async fn serve(app: App) -> (SocketAddr, Server, oneshot::Sender<()>) {
+async fn serve(app: App) -> (SocketAddr, TestServer) {
     let (server, mut incoming) = Server::builder().tokens([TOKEN]).build();
     tokio::spawn(async move {
         while let Some((session, events)) = incoming.next().await {
             tokio::spawn(app(session, events));
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let s = server.clone();
-    tokio::spawn(async move {
-        s.serve(listener, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    (addr, server, stop)
+    let server = TestServer::start(server).await;
+    (server.addr, server)
 }
 
 /// The echo application of the binary: streams go back as they came.
-async fn echo_server() -> (SocketAddr, Server, oneshot::Sender<()>) {
+async fn echo_server() -> (SocketAddr, TestServer) {
     serve(Arc::new(|session, mut events| {
         Box::pin(async move {
             while let Some(event) = events.next().await {
@@ -179,7 +172,7 @@ async fn round_trip(session: &Session, options: StreamOptions, size: u64) {
 
 #[tokio::test]
 async fn push_with_known_size_round_trips_byte_for_byte() {
-    let (addr, _server, _stop) = echo_server().await;
+    let (addr, _server) = echo_server().await;
     let (session, _events) = client(addr).await;
     for size in SIZES {
         round_trip(
@@ -193,7 +186,7 @@ async fn push_with_known_size_round_trips_byte_for_byte() {
 
 #[tokio::test]
 async fn push_with_unknown_size_round_trips_byte_for_byte() {
-    let (addr, _server, _stop) = echo_server().await;
+    let (addr, _server) = echo_server().await;
     let (session, _events) = client(addr).await;
     for size in SIZES {
         round_trip(
@@ -209,7 +202,7 @@ async fn push_with_unknown_size_round_trips_byte_for_byte() {
 async fn pull_round_trips_byte_for_byte() {
     // Both ends spool their non-seekable source to a temporary file and
     // serve the receiver's fetch windows from it.
-    let (addr, _server, _stop) = echo_server().await;
+    let (addr, _server) = echo_server().await;
     let (session, _events) = client(addr).await;
     for size in SIZES {
         round_trip(&session, StreamOptions::pull(format!("pull-{size}")), size).await;
@@ -218,7 +211,7 @@ async fn pull_round_trips_byte_for_byte() {
 
 #[tokio::test]
 async fn pull_from_a_file_serves_ranges_and_checks_the_size() {
-    let (addr, _server, _stop) = echo_server().await;
+    let (addr, _server) = echo_server().await;
     let (session, _events) = client(addr).await;
     let size = 5 * MIB + 7;
     let mut data = vec![0; size as usize];
@@ -245,7 +238,7 @@ async fn pull_from_a_file_serves_ranges_and_checks_the_size() {
 #[tokio::test]
 async fn pull_ranges_out_of_order_and_overlapping_get_exactly_their_bytes() {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (addr, _server, _stop) = serve(Arc::new(move |_session, mut events| {
+    let (addr, _server) = serve(Arc::new(move |_session, mut events| {
         let tx = tx.clone();
         Box::pin(async move {
             while let Some(event) = events.next().await {
@@ -309,7 +302,7 @@ impl AsyncRead for Endless {
 
 #[tokio::test]
 async fn receiver_cancel_stops_the_sender() {
-    let (addr, _server, _stop) = serve(Arc::new(|_session, mut events| {
+    let (addr, _server) = serve(Arc::new(|_session, mut events| {
         Box::pin(async move {
             while let Some(event) = events.next().await {
                 if let SessionEvent::Stream(mut s) = event {
@@ -337,7 +330,7 @@ async fn receiver_cancel_stops_the_sender() {
 #[tokio::test]
 async fn sender_cancel_fails_the_reader() {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (addr, _server, _stop) = serve(Arc::new(move |_session, mut events| {
+    let (addr, _server) = serve(Arc::new(move |_session, mut events| {
         let tx = tx.clone();
         Box::pin(async move {
             while let Some(event) = events.next().await {
@@ -376,7 +369,7 @@ async fn sender_cancel_fails_the_reader() {
 
 #[tokio::test]
 async fn pull_reader_drop_cancels_and_wait_for_stream_times_out() {
-    let (addr, _server, _stop) = serve(Arc::new(|_session, mut events| {
+    let (addr, _server) = serve(Arc::new(|_session, mut events| {
         Box::pin(async move {
             while let Some(event) = events.next().await {
                 // Dropping the stream unread cancels it.
@@ -495,10 +488,10 @@ async fn sending_server(
 ) -> (
     SocketAddr,
     mpsc::UnboundedReceiver<Result<u64, TransferError>>,
-    oneshot::Sender<()>,
+    TestServer,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let (addr, _server, stop) = serve(Arc::new(move |session, mut events| {
+    let (addr, server) = serve(Arc::new(move |session, mut events| {
         let tx = tx.clone();
         let options = options.clone();
         Box::pin(async move {
@@ -508,13 +501,13 @@ async fn sending_server(
         })
     }))
     .await;
-    (addr, rx, stop)
+    (addr, rx, server)
 }
 
 #[tokio::test]
 async fn push_chunks_on_the_wire_have_byte_position_offsets() {
     let size = 2 * MIB + MIB / 2 + 1;
-    let (addr, mut outcome, _stop) =
+    let (addr, mut outcome, _server) =
         sending_server(StreamOptions::push("wire").size(size), size).await;
     let mut raw = Raw::connect(addr, 7, protocol::FEATURE_TRANSACTIONS).await;
     let start = raw.recv_data().await;
@@ -570,7 +563,7 @@ async fn push_chunks_on_the_wire_have_byte_position_offsets() {
 #[tokio::test]
 async fn pull_sender_answers_only_fetched_ranges_and_finishes_when_all_served() {
     let size = 3 * MIB;
-    let (addr, mut outcome, _stop) = sending_server(StreamOptions::pull("pulled"), size).await;
+    let (addr, mut outcome, _server) = sending_server(StreamOptions::pull("pulled"), size).await;
     let mut raw = Raw::connect(addr, 8, protocol::FEATURE_TRANSACTIONS).await;
     let start = raw.recv_data().await;
     raw.ack(&start).await;
@@ -637,10 +630,10 @@ async fn pull_sender_answers_only_fetched_ranges_and_finishes_when_all_served() 
 async fn reading_server() -> (
     SocketAddr,
     mpsc::UnboundedReceiver<(String, io::Result<Vec<u8>>)>,
-    oneshot::Sender<()>,
+    TestServer,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let (addr, _server, stop) = serve(Arc::new(move |_session, mut events| {
+    let (addr, server) = serve(Arc::new(move |_session, mut events| {
         let tx = tx.clone();
         Box::pin(async move {
             while let Some(event) = events.next().await {
@@ -656,7 +649,7 @@ async fn reading_server() -> (
         })
     }))
     .await;
-    (addr, rx, stop)
+    (addr, rx, server)
 }
 
 /// Expects an ERROR mentioning `what`, then TX_CANCEL for `tx_id`.
@@ -680,7 +673,7 @@ async fn expect_error_and_cancel(raw: &mut Raw, tx_id: u32, what: &str) {
 
 #[tokio::test]
 async fn gaps_overlaps_and_chunks_past_the_size_fail_the_transaction_only() {
-    let (addr, mut reads, _stop) = reading_server().await;
+    let (addr, mut reads, _server) = reading_server().await;
     let mut raw = Raw::connect(addr, 9, protocol::FEATURE_TRANSACTIONS).await;
     let chunk = |tx_id, offset, data: &'static [u8]| Body::TxChunk {
         tx_id,
@@ -748,7 +741,7 @@ async fn gaps_overlaps_and_chunks_past_the_size_fail_the_transaction_only() {
 
 #[tokio::test]
 async fn transaction_frames_from_a_peer_without_the_feature_close_with_4002() {
-    let (addr, _server, _stop) = echo_server().await;
+    let (addr, _server) = echo_server().await;
     let mut raw = Raw::connect(addr, 10, 0).await;
     raw.send(Body::TxStart {
         ack: 1,
@@ -764,7 +757,7 @@ async fn transaction_frames_from_a_peer_without_the_feature_close_with_4002() {
 #[tokio::test]
 async fn streaming_to_a_peer_without_the_feature_is_refused() {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (addr, _server, _stop) = serve(Arc::new(move |session, _events| {
+    let (addr, _server) = serve(Arc::new(move |session, _events| {
         let tx = tx.clone();
         Box::pin(async move {
             let _ = tx.send(

@@ -9,10 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use camp_server::extension::Message;
 use camp_server::protocol::{Body, Frame, PingPong};
-use camp_server::server::{Server, ServerBuilder};
+use camp_server::server::{Incoming, Server, ServerBuilder};
+use camp_server::session::{Session, SessionEvents};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -47,6 +48,18 @@ impl TestServer {
         TestServer::start(server).await
     }
 
+    /// Builds `builder` and serves it; its sessions come out of the channel.
+    pub async fn with_sessions(
+        builder: ServerBuilder,
+    ) -> (
+        TestServer,
+        mpsc::UnboundedReceiver<(Session, SessionEvents)>,
+    ) {
+        let (server, incoming) = builder.build();
+        let sessions = forward(incoming);
+        (TestServer::start(server).await, sessions)
+    }
+
     /// Serves `server` on an ephemeral loopback port.
     pub async fn start(server: Server) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -71,11 +84,39 @@ impl TestServer {
         format!("ws://{}/", self.addr)
     }
 
+    /// The `wss://` URL for a server with a certificate for `localhost`.
+    pub fn wss_url(&self) -> String {
+        format!("wss://localhost:{}/", self.addr.port())
+    }
+
+    /// Signals the server to stop without waiting for `serve` to return;
+    /// panics if it already stopped.
+    pub fn stop(&mut self) {
+        self.stop
+            .take()
+            .expect("stop signalled twice")
+            .send(())
+            .expect("the server is still serving");
+    }
+
     /// Stops the server and waits for `serve` to return.
     pub async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         self.task.await.unwrap().unwrap();
     }
+}
+
+/// Forwards the sessions of `incoming` into an unbounded channel.
+pub fn forward(mut incoming: Incoming) -> mpsc::UnboundedReceiver<(Session, SessionEvents)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(s) = incoming.next().await {
+            let _ = tx.send(s);
+        }
+    });
+    rx
 }
 
 /// A bare WebSocket peer that sends and reads raw CAMP frames.

@@ -3,7 +3,7 @@
 //! ```toml
 //! order = 20                      # pipeline position (ascending, then name)
 //! failure_policy = "fail-closed"  # or "fail-open", "close-session"
-//! deadline_ms = 10                # time budget per hook call
+//! deadline_ms = 50                # time budget per hook call (wall clock)
 //! memory_limit_bytes = 67108864   # linear-memory cap per instance
 //! max_instances = 16              # concurrent instances (one per call)
 //! config = "…"                    # passed to on-register; a table → JSON
@@ -80,7 +80,12 @@ impl Default for PluginConfig {
         PluginConfig {
             order: 0,
             failure_policy: FailurePolicy::FailClosed,
-            deadline_ms: 10,
+            // The budget is wall-clock time, so it also counts time the
+            // thread spends descheduled. At 10 ms a busy two-core machine
+            // made healthy hooks overrun and a fail-closed filter drop
+            // messages (BENCHMARKS.md); 50 ms still stops a runaway loop
+            // quickly without punishing a loaded host.
+            deadline_ms: 50,
             memory_limit_bytes: 64 << 20,
             max_instances: 16,
             config: String::new(),

@@ -268,9 +268,7 @@ impl AsyncRead for IncomingStream {
         let this = self.get_mut();
         loop {
             if !this.current.is_empty() {
-                let n = this.current.len().min(buf.remaining());
-                buf.put_slice(&this.current.split_to(n));
-                this.consumed += n as u64;
+                this.consumed += copy_out(&mut this.current, buf);
                 return Poll::Ready(Ok(()));
             }
             if this.done {
@@ -302,6 +300,13 @@ impl Drop for IncomingStream {
                 .send(Command::Tx(TxCommand::CancelIncoming { key: self.key }));
         }
     }
+}
+
+/// Moves as much of `current` into `buf` as fits; returns how many bytes.
+fn copy_out(current: &mut Bytes, buf: &mut ReadBuf<'_>) -> u64 {
+    let n = current.len().min(buf.remaining());
+    buf.put_slice(&current.split_to(n));
+    n as u64
 }
 
 /// Empties a chunk channel, giving its bytes back to the budget.
@@ -344,9 +349,7 @@ impl AsyncRead for StreamRange {
         let this = self.get_mut();
         loop {
             if !this.current.is_empty() {
-                let n = this.current.len().min(buf.remaining());
-                buf.put_slice(&this.current.split_to(n));
-                this.remaining -= n as u64;
+                this.remaining -= copy_out(&mut this.current, buf);
                 return Poll::Ready(Ok(()));
             }
             if this.remaining == 0 {

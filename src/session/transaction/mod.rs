@@ -5,10 +5,10 @@
 //! [`Session::stream`](super::Session::stream) hands a source to the
 //! session's task, which picks a transaction id and spawns a *sender task*
 //! for it. The sender task reads the source and queues TX_START, TX_CHUNK
-//! and TX_FINISH itself with [`Queue::push_wait`]: transaction frames are
+//! and TX_FINISH itself with `Queue::push_wait`: transaction frames are
 //! never dropped, and a sender that outruns the socket waits for room, so
 //! the session's task never blocks on a slow peer. Ack ids come from the
-//! session's task (it owns the ack tracker) through [`TxCommand::Track`].
+//! session's task (it owns the ack tracker) through `TxCommand::Track`.
 //!
 //! - PUSH reads the source front to back in chunks of at most 1 MiB, at
 //!   offsets equal to the byte position of each chunk's first byte.
@@ -25,7 +25,7 @@
 //! [`Session::wait_for_stream`](super::Session::wait_for_stream) waiter for
 //! its name or else delivered as [`SessionEvent::Stream`](super::SessionEvent).
 //! Chunks go to the reader through an unbounded channel, but the bytes
-//! buffered across all of a session's streams are capped by [`RxBudget`]:
+//! buffered across all of a session's streams are capped by `RxBudget`:
 //! above [`RX_BUFFER_LIMIT`] the session stops reading its socket (it keeps
 //! serving its handles) until readers catch up, so TCP flow control slows
 //! the sender. A PULL stream asks for [`FETCH_STEP`] bytes at a time and
@@ -54,8 +54,6 @@
 //! TX_CHUNK and TX_FINISH always refer to the peer's transactions, TX_FETCH
 //! to ours; a TX_CANCEL is applied to whichever side has that id open.
 //!
-//! [`Queue::push_wait`]: super::queue::Queue::push_wait
-//! [`RxBudget`]: incoming::RxBudget
 
 mod incoming;
 mod sender;

@@ -112,8 +112,15 @@ async fn main() -> anyhow::Result<()> {
         None => Config::default(),
     };
     let settings = file.overridden_by(args.as_config()).resolve()?;
+    // tungstenite's client handshake traces the whole request, whose query
+    // carries the bearer token (peers dial with one): never let it through.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log))
+        .add_directive(
+            "tungstenite::handshake::client=debug"
+                .parse()
+                .expect("a valid directive"),
+        );
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
     let pipeline = Pipeline::new();

@@ -272,8 +272,13 @@ fn random_sid() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
-/// Percent-encodes a query component (RFC 3986 unreserved characters stay).
-pub(crate) fn percent_encode(s: &str) -> String {
+/// Percent-encodes a query component (RFC 3986 unreserved characters
+/// stay), e.g. a token for the `authorization` query parameter.
+///
+/// ```
+/// assert_eq!(camp_server::client::percent_encode("Bearer a+b"), "Bearer%20a%2Bb");
+/// ```
+pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -117,19 +117,6 @@ pub(crate) fn loopback_bind(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Percent-encodes a query component (RFC 3986 unreserved characters stay).
-pub(crate) fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The value at quantile `q` (0..=1) of sorted samples; 0 when empty.
 pub(crate) fn quantile(sorted: &[u32], q: f64) -> u32 {
     if sorted.is_empty() {

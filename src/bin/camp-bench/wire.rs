@@ -140,8 +140,8 @@ impl Conn {
         let sep = if url.contains('?') { '&' } else { '?' };
         let full = format!(
             "{url}{sep}authorization=Bearer%20{}&{}={sid}",
-            crate::percent_encode(token),
-            crate::percent_encode(sid_param)
+            camp_server::client::percent_encode(token),
+            camp_server::client::percent_encode(sid_param)
         );
         let mut request = full.into_client_request()?;
         request

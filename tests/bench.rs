@@ -5,34 +5,17 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+mod common;
 
 const TOKEN: &str = "bench-token";
 
 /// Starts `program` with `args`; returns it and the `ws://` URL it
 /// announces on stdout.
 async fn start(program: &str, args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("binary runs");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let url = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find("ws://") {
-                return line[at..].to_string();
-            }
-        }
-        panic!("the server ended without printing its address");
-    })
-    .await
-    .expect("the server prints its address");
-    (child, url)
+    let spawned = common::spawn_announcing(program, args).await;
+    (spawned.child, spawned.url)
 }
 
 /// Runs `camp-bench` with `args`; returns its exit success and the JSON of

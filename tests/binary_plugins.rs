@@ -3,49 +3,34 @@
 //! the admin view listing them.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use camp_server::client::Client;
 use camp_server::extension::Message;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Child;
+
+mod common;
 
 /// Starts the binary on the plugin folder `dir`; returns the child, the
 /// CAMP URL and the admin address.
 async fn start(dir: &Path) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_camp-server"))
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--admin-bind",
-            "127.0.0.1:0",
-            "--token",
-            "secret",
-        ])
-        .arg("--plugins")
-        .arg(dir)
-        .args(["--log", "warn"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut url, mut admin) = (String::new(), String::new());
-    while url.is_empty() {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the server starts")
-            .unwrap()
-            .expect("the server prints its addresses");
-        if let Some(a) = line.strip_prefix("camp-server admin on http://") {
-            admin = a.trim_end_matches('/').to_string();
-        }
-        if let Some(u) = line.strip_prefix("camp-server listening on ") {
-            url = u.to_string();
-        }
-    }
-    (child, url, admin)
+    let dir = dir.to_str().expect("a UTF-8 temp path");
+    let args = [
+        "--bind",
+        "127.0.0.1:0",
+        "--admin-bind",
+        "127.0.0.1:0",
+        "--token",
+        "secret",
+        "--plugins",
+        dir,
+        "--log",
+        "warn",
+    ];
+    let spawned = common::spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &args).await;
+    let admin = spawned.admin.expect("the admin address is announced");
+    (spawned.child, spawned.url, admin)
 }
 
 async fn admin_get(addr: &str, path: &str) -> String {

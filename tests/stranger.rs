@@ -2,48 +2,34 @@
 //! would write one (no code from this crate's protocol module), against the
 //! real `camp-server` binary.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+mod common;
 use tokio_tungstenite::tungstenite::Message as Ws;
 
 /// Starts the binary on an ephemeral port; returns it and its address.
 async fn start_binary() -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_camp-server"))
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--admin-bind",
-            "127.0.0.1:0",
-            "--token",
-            "s3cret",
-            "--log",
-            "warn",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("camp-server binary runs");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let mut line = String::new();
-    while !line.contains("listening") {
-        line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("server prints its address")
-            .unwrap()
-            .expect("server prints its address");
-    }
-    let addr = line
-        .strip_prefix("camp-server listening on ws://")
+    let args = [
+        "--bind",
+        "127.0.0.1:0",
+        "--admin-bind",
+        "127.0.0.1:0",
+        "--token",
+        "s3cret",
+        "--log",
+        "warn",
+    ];
+    let spawned = common::spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &args).await;
+    let addr = spawned
+        .url
+        .strip_prefix("ws://")
         .and_then(|s| s.strip_suffix('/'))
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .unwrap_or_else(|| panic!("unexpected URL {:?}", spawned.url))
         .to_string();
-    (child, addr)
+    (spawned.child, addr)
 }
 
 const SID: u64 = 0x0123_4567_89ab_cdef;

@@ -219,3 +219,42 @@ impl RawPeer {
         }
     }
 }
+
+/// A server binary started by a test, with the addresses it announced.
+pub struct Spawned {
+    /// The process (killed when dropped).
+    pub child: tokio::process::Child,
+    /// The `ws://` or `wss://` URL from its "listening on" line.
+    pub url: String,
+    /// The admin `host:port` from its "admin on http://" line, if it printed one.
+    pub admin: Option<String>,
+}
+
+/// Starts `program` with `args` and reads its stdout until it announces
+/// the URL it listens on (`camp-server` and `camp-bench baseline` do).
+pub async fn spawn_announcing(program: &str, args: &[&str]) -> Spawned {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("binary runs");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut admin = None;
+    let url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("http://") {
+                admin = Some(line[at + 7..].trim_end_matches('/').to_string());
+            } else if let Some(at) = line.find("ws://").or_else(|| line.find("wss://")) {
+                return line[at..].to_string();
+            }
+        }
+        panic!("{program} ended without printing its address");
+    })
+    .await
+    .expect("the server prints its address");
+    Spawned { child, url, admin }
+}

@@ -121,7 +121,11 @@ async fn main() -> anyhow::Result<()> {
                 .parse()
                 .expect("a valid directive"),
         );
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs on stderr; stdout carries only the announced addresses.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     let pipeline = Pipeline::new();
     let host = PluginHost::new(HostOptions {

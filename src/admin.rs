@@ -12,14 +12,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use std::fmt::Write;
-
 use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::extension::wasm::{PluginDir, PluginStatus};
+use crate::metrics::family;
 use crate::server::Server;
 
 /// Something that adds to the admin view and the metrics (the WebAssembly
@@ -41,30 +40,31 @@ impl AdminReport for PluginDir {
     fn metrics_text(&self) -> String {
         let status = self.status();
         let mut o = String::new();
-        let mut series =
-            |name: &str, help: &str, kind: &str, value: &dyn Fn(&PluginStatus) -> u64| {
-                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                for p in &status {
-                    let _ = writeln!(o, "{name}{{plugin=\"{}\"}} {}", p.name, value(p));
-                }
-            };
-        series(
+        let per_plugin = |value: fn(&PluginStatus) -> u64| {
+            status
+                .iter()
+                .map(move |p| (format!("plugin=\"{}\"", p.name), value(p)))
+        };
+        family(
+            &mut o,
             "camp_plugin_loads_total",
             "Successful plugin loads and reloads.",
             "counter",
-            &|p| p.loads,
+            per_plugin(|p| p.loads),
         );
-        series(
+        family(
+            &mut o,
             "camp_plugin_load_errors_total",
             "Plugin loads that failed (the old version kept serving).",
             "counter",
-            &|p| p.load_errors,
+            per_plugin(|p| p.load_errors),
         );
-        series(
+        family(
+            &mut o,
             "camp_plugin_loaded",
             "1 when a version of the plugin is serving.",
             "gauge",
-            &|p| u64::from(p.loaded.is_some()),
+            per_plugin(|p| u64::from(p.loaded.is_some())),
         );
         o
     }

@@ -203,50 +203,48 @@ impl Metrics {
     pub fn render(&self, pipeline: &Pipeline) -> String {
         let mut o = String::with_capacity(8192);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let gauge = |o: &mut String, name: &str, help: &str, kind: &str, v: String| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        gauge(
+        let none = String::new;
+        let open = self.sessions_open.load(Ordering::Relaxed);
+        family(
             &mut o,
             "camp_sessions_open",
             "Sessions open now.",
             "gauge",
-            self.sessions_open.load(Ordering::Relaxed).to_string(),
+            [(none(), open)],
         );
-        gauge(
-            &mut o,
-            "camp_sessions_total",
-            "Sessions that completed the handshake.",
-            "counter",
-            load(&self.sessions_total).to_string(),
-        );
-        gauge(
-            &mut o,
-            "camp_malformed_frames_total",
-            "Malformed frames received.",
-            "counter",
-            load(&self.malformed).to_string(),
-        );
-        gauge(
-            &mut o,
-            "camp_ack_timeouts_total",
-            "Tracked frames not acknowledged within 2.5 s.",
-            "counter",
-            load(&self.ack_timeouts).to_string(),
-        );
-
-        let _ = writeln!(
-            o,
-            "# HELP camp_upgrades_refused_total Upgrade requests refused, by reason.\n# TYPE camp_upgrades_refused_total counter"
-        );
-        for (reason, n) in self
+        for (name, help, counter) in [
+            (
+                "camp_sessions_total",
+                "Sessions that completed the handshake.",
+                &self.sessions_total,
+            ),
+            (
+                "camp_malformed_frames_total",
+                "Malformed frames received.",
+                &self.malformed,
+            ),
+            (
+                "camp_ack_timeouts_total",
+                "Tracked frames not acknowledged within 2.5 s.",
+                &self.ack_timeouts,
+            ),
+        ] {
+            family(&mut o, name, help, "counter", [(none(), load(counter))]);
+        }
+        let refused = self
             .refused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(o, "camp_upgrades_refused_total{{reason=\"{reason}\"}} {n}");
-        }
+            .clone();
+        family(
+            &mut o,
+            "camp_upgrades_refused_total",
+            "Upgrade requests refused, by reason.",
+            "counter",
+            refused
+                .iter()
+                .map(|(reason, n)| (format!("reason=\"{reason}\""), *n)),
+        );
         for (name, help, counters) in [
             (
                 "camp_frames_in_total",
@@ -269,83 +267,94 @@ impl Metrics {
                 &self.bytes_out,
             ),
         ] {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-            for ty in FrameType::ALL {
-                let _ = writeln!(
-                    o,
-                    "{name}{{type=\"{}\"}} {}",
-                    ty.name(),
-                    load(&counters[frame_index(ty)])
-                );
-            }
+            let samples = FrameType::ALL.map(|ty| {
+                (
+                    format!("type=\"{}\"", ty.name()),
+                    load(&counters[frame_index(ty)]),
+                )
+            });
+            family(&mut o, name, help, "counter", samples);
         }
-        let _ = writeln!(
-            o,
-            "# HELP camp_queue_drops_total Data frames dropped by backpressure, by policy.\n# TYPE camp_queue_drops_total counter"
+        family(
+            &mut o,
+            "camp_queue_drops_total",
+            "Data frames dropped by backpressure, by policy.",
+            "counter",
+            POLICY_NAMES
+                .iter()
+                .zip(&self.queue_drops)
+                .map(|(policy, n)| (format!("policy=\"{policy}\""), load(n))),
         );
-        for (i, policy) in POLICY_NAMES.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "camp_queue_drops_total{{policy=\"{policy}\"}} {}",
-                load(&self.queue_drops[i])
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP camp_ack_rtt_seconds Ack round-trip time.\n# TYPE camp_ack_rtt_seconds histogram"
+        family::<u64>(
+            &mut o,
+            "camp_ack_rtt_seconds",
+            "Ack round-trip time.",
+            "histogram",
+            [],
         );
         self.ack_rtt.render(&mut o, "camp_ack_rtt_seconds", "");
 
         let extensions = pipeline.list();
-        let _ = writeln!(
-            o,
-            "# HELP camp_extension_calls_total Hook calls, by extension.\n# TYPE camp_extension_calls_total counter"
+        let label = |e: &crate::extension::ExtensionInfo| format!("extension=\"{}\"", e.name);
+        family(
+            &mut o,
+            "camp_extension_calls_total",
+            "Hook calls, by extension.",
+            "counter",
+            extensions.iter().map(|e| (label(e), load(&e.stats.calls))),
+        );
+        family(
+            &mut o,
+            "camp_extension_drops_total",
+            "Messages dropped by an extension's verdict.",
+            "counter",
+            extensions.iter().map(|e| (label(e), load(&e.stats.drops))),
+        );
+        family(
+            &mut o,
+            "camp_extension_failures_total",
+            "Hook failures, by extension and kind.",
+            "counter",
+            extensions.iter().flat_map(|e| {
+                ExtensionStats::FAILURE_KINDS
+                    .iter()
+                    .zip(&e.stats.failures)
+                    .map(move |(kind, n)| (format!("{},kind=\"{kind}\"", label(e)), load(n)))
+            }),
+        );
+        family::<u64>(
+            &mut o,
+            "camp_hook_duration_seconds",
+            "Hook call latency, by extension.",
+            "histogram",
+            [],
         );
         for e in &extensions {
-            let _ = writeln!(
-                o,
-                "camp_extension_calls_total{{extension=\"{}\"}} {}",
-                e.name,
-                load(&e.stats.calls)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP camp_extension_drops_total Messages dropped by an extension's verdict.\n# TYPE camp_extension_drops_total counter"
-        );
-        for e in &extensions {
-            let _ = writeln!(
-                o,
-                "camp_extension_drops_total{{extension=\"{}\"}} {}",
-                e.name,
-                load(&e.stats.drops)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP camp_extension_failures_total Hook failures, by extension and kind.\n# TYPE camp_extension_failures_total counter"
-        );
-        for e in &extensions {
-            for (i, kind) in ExtensionStats::FAILURE_KINDS.iter().enumerate() {
-                let _ = writeln!(
-                    o,
-                    "camp_extension_failures_total{{extension=\"{}\",kind=\"{kind}\"}} {}",
-                    e.name,
-                    load(&e.stats.failures[i])
-                );
-            }
-        }
-        let _ = writeln!(
-            o,
-            "# HELP camp_hook_duration_seconds Hook call latency, by extension.\n# TYPE camp_hook_duration_seconds histogram"
-        );
-        for e in &extensions {
-            e.stats.latency.render(
-                &mut o,
-                "camp_hook_duration_seconds",
-                &format!("extension=\"{}\"", e.name),
-            );
+            e.stats
+                .latency
+                .render(&mut o, "camp_hook_duration_seconds", &label(e));
         }
         o
+    }
+}
+
+/// Writes one metric family in the Prometheus text format: its HELP and
+/// TYPE lines, then a line per `(labels, value)` sample (`labels` without
+/// braces, empty for none). A histogram family passes no samples and
+/// renders its buckets after.
+pub fn family<V: std::fmt::Display>(
+    o: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(o, "{name} {value}");
+        } else {
+            let _ = writeln!(o, "{name}{{{labels}}} {value}");
+        }
     }
 }

@@ -579,17 +579,13 @@ async fn interactive(
                 }
             }
             Some(done) = pending.join_next(), if !pending.is_empty() => {
-                if let Ok(Err(e)) = done {
-                    eprintln!("camp: not delivered: {e}");
-                    undelivered += 1;
+                undelivered += u64::from(failed_delivery(done));
+            }
+            event = events.next() => {
+                if let Some(end) = print_event(event, &out) {
+                    return end;
                 }
             }
-            event = events.next() => match event {
-                Some(SessionEvent::Message(m)) => out.message(&m),
-                Some(SessionEvent::Stats(_) | SessionEvent::Stream(_)) => {}
-                Some(SessionEvent::Closed(info)) => return ended(&info),
-                None => return Err(Failure::new(EXIT_CLOSED, "session ended")),
-            },
         }
     }
     // Settle the outstanding deliveries, printing replies meanwhile, then
@@ -610,17 +606,13 @@ async fn interactive(
         };
         tokio::select! {
             Some(done) = pending.join_next(), if !pending.is_empty() => {
-                if let Ok(Err(e)) = done {
-                    eprintln!("camp: not delivered: {e}");
-                    undelivered += 1;
+                undelivered += u64::from(failed_delivery(done));
+            }
+            event = events.next() => {
+                if let Some(end) = print_event(event, &out) {
+                    return end;
                 }
             }
-            event = events.next() => match event {
-                Some(SessionEvent::Message(m)) => out.message(&m),
-                Some(SessionEvent::Stats(_) | SessionEvent::Stream(_)) => {}
-                Some(SessionEvent::Closed(info)) => return ended(&info),
-                None => return Err(Failure::new(EXIT_CLOSED, "session ended")),
-            },
             () = tokio::time::sleep_until(until) => break,
         }
     }
@@ -634,6 +626,29 @@ async fn interactive(
         ));
     }
     Ok(())
+}
+
+/// Reports a delivery that failed; true when it did.
+fn failed_delivery(done: Result<Result<(), String>, tokio::task::JoinError>) -> bool {
+    match done {
+        Ok(Err(e)) => {
+            eprintln!("camp: not delivered: {e}");
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Prints an incoming message; `Some` with the outcome once the session
+/// ended.
+fn print_event(event: Option<SessionEvent>, out: &Printer) -> Option<Result<(), Failure>> {
+    match event {
+        Some(SessionEvent::Message(m)) => out.message(&m),
+        Some(SessionEvent::Stats(_) | SessionEvent::Stream(_)) => {}
+        Some(SessionEvent::Closed(info)) => return Some(ended(&info)),
+        None => return Some(Err(Failure::new(EXIT_CLOSED, "session ended"))),
+    }
+    None
 }
 
 /// A progress bar on standard error (hidden when it is not a terminal).

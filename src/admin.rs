@@ -66,6 +66,34 @@ impl AdminReport for PluginDir {
             "gauge",
             per_plugin(|p| u64::from(p.loaded.is_some())),
         );
+        family(
+            &mut o,
+            "camp_plugin_rollbacks_total",
+            "Replacements rolled back to the previous version after failing on probation.",
+            "counter",
+            per_plugin(|p| p.rollbacks),
+        );
+        family(
+            &mut o,
+            "camp_plugin_on_probation",
+            "1 while a replacement is on probation (the previous version kept ready).",
+            "gauge",
+            per_plugin(|p| u64::from(p.on_probation)),
+        );
+        family(
+            &mut o,
+            "camp_plugin_failing_sessions",
+            "Sessions for which the serving version is failing or backing off.",
+            "gauge",
+            per_plugin(|p| p.failing_sessions as u64),
+        );
+        family(
+            &mut o,
+            "camp_plugin_output_dropped_bytes_total",
+            "Guest stdout/stderr bytes dropped over output_bytes_per_call.",
+            "counter",
+            per_plugin(|p| p.output_dropped_bytes),
+        );
         o
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use camp_server::client::Client;
-use camp_server::extension::{Extension, Hook, HookError, HookSet, Message, Verdict};
+use camp_server::extension::{Extension, Hook, HookFuture, HookSet, Message, Verdict};
 use camp_server::protocol::{Body, FrameType};
 use camp_server::server::Server;
 use camp_server::session::Session;
@@ -42,11 +42,12 @@ impl Extension for Dropper {
     fn hooks(&self) -> HookSet {
         HookSet::NONE.with(Hook::OnReceiveUtf8)
     }
-    fn call(&self, _: Hook, _: &Session, m: &mut Message) -> Result<Verdict, HookError> {
-        Ok(match m {
+    fn call<'a>(&'a self, _: Hook, _: &'a Session, m: &'a mut Message) -> HookFuture<'a> {
+        let verdict = match m {
             Message::Utf8(t) if t.contains("drop") => Verdict::Drop,
             _ => Verdict::Pass,
-        })
+        };
+        Box::pin(std::future::ready(Ok(verdict)))
     }
 }
 

@@ -59,11 +59,11 @@ fn only_declared_hooks_are_called() {
     let mut inbound = Message::Utf8("in".into());
     let mut outbound = Message::Utf8("out".into());
     assert_eq!(
-        pipeline.run(Hook::OnReceiveUtf8, &session, &mut inbound),
+        block_on(pipeline.run(Hook::OnReceiveUtf8, &session, &mut inbound)),
         Verdict::Pass
     );
     assert_eq!(
-        pipeline.run(Hook::BeforeSendUtf8, &session, &mut outbound),
+        block_on(pipeline.run(Hook::BeforeSendUtf8, &session, &mut outbound)),
         Verdict::Pass
     );
     assert_eq!(inbound, Message::Utf8("in|R".into()));
@@ -85,7 +85,10 @@ fn three_plugins_chain_in_order_and_the_first_drop_stops() {
     let (session, _outbox) = Session::detached(3);
     for hook in Hook::ALL {
         let mut msg = message_for(hook, "m");
-        assert_eq!(pipeline.run(hook, &session, &mut msg), Verdict::Pass);
+        assert_eq!(
+            block_on(pipeline.run(hook, &session, &mut msg)),
+            Verdict::Pass
+        );
         assert_eq!(msg, message_for(hook, "m|A|B|C"), "{hook:?}");
     }
 
@@ -103,7 +106,7 @@ fn three_plugins_chain_in_order_and_the_first_drop_stops() {
     let before = (calls("a"), calls("b"), calls("c"));
     let mut msg = Message::Utf8("STOP".into());
     assert_eq!(
-        pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg),
+        block_on(pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg)),
         Verdict::Drop
     );
     assert_eq!(msg, Message::Utf8("STOP|A".into()), "b saw a's output");
@@ -126,12 +129,15 @@ fn error_messages_run_the_error_hooks_in_both_directions() {
     let (session, _outbox) = Session::detached(4);
     for hook in [Hook::BeforeSendError, Hook::OnReceiveError] {
         let mut msg = Message::Error("bad thing".into());
-        assert_eq!(pipeline.run(hook, &session, &mut msg), Verdict::Pass);
+        assert_eq!(
+            block_on(pipeline.run(hook, &session, &mut msg)),
+            Verdict::Pass
+        );
         assert_eq!(msg, Message::Error("bad thing|E".into()));
     }
     // A UTF-8 message is not an error: untouched.
     let mut msg = Message::Utf8("bad thing".into());
-    pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg);
+    block_on(pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg));
     assert_eq!(msg, Message::Utf8("bad thing".into()));
 }
 
@@ -177,7 +183,7 @@ fn guests_use_the_session_store_send_and_close() {
     let plugin = probe("session-user", "{}", "");
     let (session, mut outbox) = Session::detached(42);
 
-    plugin.session_opened(&session);
+    block_on(plugin.session_opened(&session));
     assert_eq!(session.get("probe.opened").as_deref(), Some("yes"));
 
     let (result, out) = call(
@@ -244,7 +250,7 @@ fn guests_use_the_session_store_send_and_close() {
         matches!(outbox.try_recv(), Some(Outgoing::Close { code: 4000, ref reason }) if reason == "probe closed it")
     );
 
-    plugin.session_closed(&session);
+    block_on(plugin.session_closed(&session));
     assert_eq!(session.get("probe.closed").as_deref(), Some("yes"));
 }
 
@@ -363,7 +369,7 @@ fn rpc_call(
     request: &str,
 ) -> (Verdict, Option<Value>) {
     let mut msg = Message::Utf8(request.into());
-    let verdict = pipeline.run(Hook::OnReceiveUtf8, session, &mut msg);
+    let verdict = block_on(pipeline.run(Hook::OnReceiveUtf8, session, &mut msg));
     let answer = match outbox.try_recv() {
         Some(Outgoing::Message(Message::Utf8(text))) => Some(serde_json::from_str(&text).unwrap()),
         None => None,
@@ -484,7 +490,7 @@ fn rpc_lets_everything_else_pass() {
     ] {
         let mut msg = Message::Utf8(text.into());
         assert_eq!(
-            pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg),
+            block_on(pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg)),
             Verdict::Pass,
             "{text}"
         );

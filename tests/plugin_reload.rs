@@ -52,7 +52,7 @@ impl Senders {
                     seq += 1;
                     let sent = format!("s{i}-{seq}");
                     let mut msg = Message::Utf8(sent.clone());
-                    let verdict = pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg);
+                    let verdict = block_on(pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg));
                     assert_eq!(verdict, Verdict::Pass, "message {sent} was dropped");
                     let Message::Utf8(text) = msg else {
                         panic!("kind changed")
@@ -243,7 +243,7 @@ fn order_follows_file_names_unless_configured_and_config_changes_reload() {
     let (session, _outbox) = Session::detached(1);
     let run = || {
         let mut msg = Message::Utf8("x".into());
-        pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg);
+        block_on(pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg));
         msg
     };
     assert_eq!(run(), Message::Utf8("x|a|b".into()));

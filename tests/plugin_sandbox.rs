@@ -100,7 +100,7 @@ fn the_failure_policy_decides_the_message() {
             .unwrap();
         let mut msg = Message::Utf8("PANIC now".into());
         assert_eq!(
-            pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg),
+            block_on(pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg)),
             verdict,
             "{policy}"
         );
@@ -226,7 +226,7 @@ fn other_sessions_keep_flowing_while_a_plugin_misbehaves() {
             while !stop.load(Ordering::Relaxed) {
                 for bad in ["LOOP", "HOG", "PANIC"] {
                     let mut msg = Message::Utf8(bad.into());
-                    pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg);
+                    block_on(pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg));
                     n += 1;
                 }
             }
@@ -237,7 +237,7 @@ fn other_sessions_keep_flowing_while_a_plugin_misbehaves() {
     for i in 0..300 {
         let mut msg = Message::Utf8(format!("msg {i}"));
         assert_eq!(
-            pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg),
+            block_on(pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg)),
             Verdict::Pass
         );
         assert_eq!(msg, Message::Utf8(format!("msg {i}|ok")));

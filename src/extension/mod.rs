@@ -11,7 +11,7 @@
 //! implement it through the plugin host, so the session code knows one seam.
 //!
 //! ```
-//! use camp_server::extension::{Extension, Hook, HookError, HookSet, Message, Pipeline, Verdict};
+//! use camp_server::extension::{Extension, Hook, HookFuture, HookSet, Message, Pipeline, Verdict};
 //! use camp_server::session::Session;
 //! use std::sync::Arc;
 //!
@@ -21,23 +21,28 @@
 //! impl Extension for Shout {
 //!     fn name(&self) -> &str { "shout" }
 //!     fn hooks(&self) -> HookSet { HookSet::NONE.with(Hook::OnReceiveUtf8) }
-//!     fn call(&self, _: Hook, _: &Session, msg: &mut Message) -> Result<Verdict, HookError> {
+//!     fn call<'a>(&'a self, _: Hook, _: &'a Session, msg: &'a mut Message) -> HookFuture<'a> {
 //!         if let Message::Utf8(text) = msg {
 //!             *text = text.to_uppercase();
 //!         }
-//!         Ok(Verdict::Pass)
+//!         Box::pin(std::future::ready(Ok(Verdict::Pass)))
 //!     }
 //! }
 //!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let pipeline = Pipeline::new();
 //! pipeline.register(Arc::new(Shout)).unwrap();
 //! let (session, _outbox) = Session::detached(1);
 //! let mut msg = Message::Utf8("hello".into());
-//! assert_eq!(pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg), Verdict::Pass);
+//! assert_eq!(pipeline.run(Hook::OnReceiveUtf8, &session, &mut msg).await, Verdict::Pass);
 //! assert_eq!(msg, Message::Utf8("HELLO".into()));
+//! # });
 //! ```
 
 mod pipeline;
+
+use std::future::Future;
+use std::pin::Pin;
 
 pub use pipeline::{ExtensionInfo, ExtensionStats, Pipeline, PipelineError};
 
@@ -219,6 +224,11 @@ pub enum HookError {
     /// The hook tried to grow memory past the extension's cap.
     #[error("exceeded its memory limit of {0} bytes")]
     MemoryLimit(usize),
+    /// The hook ran into another bound of its sandbox (table elements,
+    /// session store, sends per call); the message names the bound and its
+    /// configuration key.
+    #[error("hit a limit: {0}")]
+    Limit(String),
     /// The extension is backing off after repeated failures and was not called.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -229,20 +239,32 @@ pub enum HookError {
 }
 
 impl HookError {
-    /// A short label for metrics: `trap`, `timeout`, `memory`, `unavailable`,
-    /// `invalid`.
+    /// A short label for metrics: `trap`, `timeout`, `memory`, `limit`,
+    /// `unavailable`, `invalid`.
     pub fn kind(&self) -> &'static str {
         match self {
             HookError::Trap(_) => "trap",
             HookError::Timeout(_) => "timeout",
             HookError::MemoryLimit(_) => "memory",
+            HookError::Limit(_) => "limit",
             HookError::Unavailable(_) => "unavailable",
             HookError::Invalid(_) => "invalid",
         }
     }
 }
 
+/// The future of a hook call: the verdict, or why the call failed.
+pub type HookFuture<'a> = Pin<Box<dyn Future<Output = Result<Verdict, HookError>> + Send + 'a>>;
+
+/// The future of a session notification.
+pub type NotifyFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 /// An extension: a named, ordered participant in every session's messages.
+///
+/// Hook calls are futures, awaited by the session's own task: an extension
+/// that takes its time delays only the session whose message it holds, as
+/// long as it yields (WebAssembly plugins yield every millisecond of
+/// running; a native extension must not block the thread).
 ///
 /// Implementations must be cheap to call concurrently from many sessions:
 /// the pipeline calls `call` with `&self` from every session's task. State
@@ -262,18 +284,22 @@ pub trait Extension: Send + Sync + 'static {
 
     /// A session finished its handshake (called for sessions opened after
     /// the extension was registered).
-    fn session_opened(&self, _session: &Session) {}
+    fn session_opened<'a>(&'a self, _session: &'a Session) -> NotifyFuture<'a> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// A session closed.
-    fn session_closed(&self, _session: &Session) {}
+    fn session_closed<'a>(&'a self, _session: &'a Session) -> NotifyFuture<'a> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// Runs one hook on `message`, which it may rewrite in place.
-    fn call(
-        &self,
+    fn call<'a>(
+        &'a self,
         hook: Hook,
-        session: &Session,
-        message: &mut Message,
-    ) -> Result<Verdict, HookError>;
+        session: &'a Session,
+        message: &'a mut Message,
+    ) -> HookFuture<'a>;
 
     /// The extension was removed from the pipeline (or replaced by a new
     /// version); calls already running may still finish.

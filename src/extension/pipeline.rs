@@ -25,8 +25,9 @@ pub struct ExtensionStats {
     pub calls: AtomicU64,
     /// Messages the extension dropped (by verdict, not by failure).
     pub drops: AtomicU64,
-    /// Hook calls that failed, by kind: trap, timeout, memory, unavailable, invalid.
-    pub failures: [AtomicU64; 5],
+    /// Hook calls that failed, by kind: trap, timeout, memory, limit,
+    /// unavailable, invalid.
+    pub failures: [AtomicU64; 6],
     /// Hook call latency.
     pub latency: Histogram,
     /// The last failure, with the hook it happened in.
@@ -47,8 +48,14 @@ impl Default for ExtensionStats {
 
 impl ExtensionStats {
     /// Failure kinds in the order of [`ExtensionStats::failures`].
-    pub const FAILURE_KINDS: [&'static str; 5] =
-        ["trap", "timeout", "memory", "unavailable", "invalid"];
+    pub const FAILURE_KINDS: [&'static str; 6] = [
+        "trap",
+        "timeout",
+        "memory",
+        "limit",
+        "unavailable",
+        "invalid",
+    ];
 
     fn record_failure(&self, hook: Hook, err: &HookError) {
         let i = Self::FAILURE_KINDS
@@ -163,7 +170,18 @@ impl Pipeline {
     /// replaced version is told it was [`unregistered`](Extension::unregistered)
     /// after the swap and returned.
     pub fn upsert(&self, extension: Arc<dyn Extension>, order: i64) -> Option<Arc<dyn Extension>> {
-        let old = self.update(|list| {
+        let old = self.swap(extension, order);
+        if let Some(old) = &old {
+            old.unregistered();
+        }
+        old
+    }
+
+    /// Like [`upsert`](Pipeline::upsert), but the replaced version is not
+    /// told: the caller keeps it (e.g. to roll back to it) and calls
+    /// [`unregistered`](Extension::unregistered) when done with it.
+    pub fn swap(&self, extension: Arc<dyn Extension>, order: i64) -> Option<Arc<dyn Extension>> {
+        self.update(|list| {
             let entry = Entry {
                 hooks: extension.hooks(),
                 extension: extension.clone(),
@@ -185,11 +203,7 @@ impl Pipeline {
                     None
                 }
             }
-        });
-        if let Some(old) = &old {
-            old.unregistered();
-        }
-        old
+        })
     }
 
     /// Removes the extension called `name`, tells it, and returns it.
@@ -236,11 +250,11 @@ impl Pipeline {
     /// `message`. Every verdict counts: the first [`Verdict::Drop`] stops the
     /// message. A failing hook is logged with the extension's name, counted,
     /// and handled by its [`FailurePolicy`].
-    pub fn run(&self, hook: Hook, session: &Session, message: &mut Message) -> Verdict {
+    pub async fn run(&self, hook: Hook, session: &Session, message: &mut Message) -> Verdict {
         let entries = self.snapshot();
         for entry in entries.iter().filter(|e| e.hooks.contains(hook)) {
             let started = std::time::Instant::now();
-            let result = entry.extension.call(hook, session, message);
+            let result = entry.extension.call(hook, session, message).await;
             entry.stats.calls.fetch_add(1, Ordering::Relaxed);
             entry.stats.latency.observe(started.elapsed());
             match result {
@@ -277,16 +291,16 @@ impl Pipeline {
     }
 
     /// Tells every extension that `session` opened.
-    pub fn session_opened(&self, session: &Session) {
+    pub async fn session_opened(&self, session: &Session) {
         for entry in self.snapshot().iter() {
-            entry.extension.session_opened(session);
+            entry.extension.session_opened(session).await;
         }
     }
 
     /// Tells every extension that `session` closed.
-    pub fn session_closed(&self, session: &Session) {
+    pub async fn session_closed(&self, session: &Session) {
         for entry in self.snapshot().iter() {
-            entry.extension.session_closed(session);
+            entry.extension.session_closed(session).await;
         }
     }
 }

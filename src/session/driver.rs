@@ -343,7 +343,7 @@ where
         events: mpsc::Sender<SessionEvent>,
         mut shutdown: watch::Receiver<bool>,
     ) -> CloseInfo {
-        self.pipeline.session_opened(&session);
+        self.pipeline.session_opened(&session).await;
         session.attach_queue(self.queue.clone());
         self.tx.attach(session.command_sender());
         // Above the receive budget (chunks buffered for slow stream
@@ -378,7 +378,7 @@ where
                     }
                 }
                 Some(command) = commands.recv() => match command {
-                    Command::Send(message, tx) => self.send_message(message, tx, &session),
+                    Command::Send(message, tx) => self.send_message(message, tx, &session).await,
                     Command::Ping => self.push(Body::Ping(PingPong::Ping), Class::Control),
                     Command::Close(code, reason) => break Exit::Local(code, reason),
                     Command::Tx(command) => {
@@ -419,7 +419,7 @@ where
         let info = self.finish(exit).await;
         session.set_stats(self.stats());
         session.mark_closed();
-        self.pipeline.session_closed(&session);
+        self.pipeline.session_closed(&session).await;
         let _ = events.send(SessionEvent::Closed(info.clone())).await;
         info
     }
@@ -435,7 +435,7 @@ where
     }
 
     /// Runs an outgoing message through the pipeline and queues it.
-    fn send_message(
+    async fn send_message(
         &mut self,
         mut message: Message,
         tx: Option<super::DeliveryTx>,
@@ -447,7 +447,7 @@ where
             }
         };
         let hook = Hook::for_message(&message, true);
-        if self.pipeline.run(hook, session, &mut message) == Verdict::Drop {
+        if self.pipeline.run(hook, session, &mut message).await == Verdict::Drop {
             return fail(tx, DeliveryError::DroppedByExtension);
         }
         if message.len() > protocol::MAX_PAYLOAD {
@@ -535,7 +535,7 @@ where
         };
         let mut message = message;
         let hook = Hook::for_message(&message, false);
-        if self.pipeline.run(hook, session, &mut message) == Verdict::Pass {
+        if self.pipeline.run(hook, session, &mut message).await == Verdict::Pass {
             let _ = events.send(SessionEvent::Message(message)).await;
         }
         None

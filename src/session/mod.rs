@@ -292,6 +292,40 @@ impl Session {
         self.store().insert(key.into(), value.into());
     }
 
+    /// Stores `value` under `key` unless the store would then hold more
+    /// than `max_keys` keys or `max_bytes` bytes of keys and values; the
+    /// error says which bound (the extension host's bound on what plugins
+    /// may keep per session).
+    pub(crate) fn set_within(
+        &self,
+        key: String,
+        value: String,
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> Result<(), String> {
+        let mut store = self.store();
+        let replaced = store.get(&key).map(|old| key.len() + old.len());
+        let keys = store.len() + usize::from(replaced.is_none());
+        let bytes: usize = store.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            - replaced.unwrap_or(0)
+            + key.len()
+            + value.len();
+        if keys > max_keys {
+            return Err(format!(
+                "session store of session {} would hold {keys} keys, over session_store_keys = {max_keys}",
+                self.id()
+            ));
+        }
+        if bytes > max_bytes {
+            return Err(format!(
+                "session store of session {} would hold {bytes} bytes, over session_store_bytes = {max_bytes}",
+                self.id()
+            ));
+        }
+        store.insert(key, value);
+        Ok(())
+    }
+
     /// Removes and returns the value under `key`.
     pub fn remove(&self, key: &str) -> Option<String> {
         self.store().remove(key)

@@ -77,6 +77,21 @@ pub fn probe(name: &str, json: &str, extra_toml: &str) -> Arc<WasmPlugin> {
     load(name, PROBE, &toml)
 }
 
+/// Runs a future to completion on the tests' shared runtime (hook calls
+/// are async: they yield to the runtime while the guest runs).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("test runtime")
+        })
+        .block_on(future)
+}
+
 /// Calls one hook of one extension on a copy of `message`.
 pub fn call(
     ext: &dyn Extension,
@@ -85,7 +100,7 @@ pub fn call(
     message: Message,
 ) -> (Result<Verdict, HookError>, Message) {
     let mut message = message;
-    let result = ext.call(hook, session, &mut message);
+    let result = block_on(ext.call(hook, session, &mut message));
     (result, message)
 }
 
@@ -139,6 +154,7 @@ pub fn options() -> DirOptions {
         debounce: Duration::from_millis(20),
         settle: Duration::from_millis(50),
         rescan_interval: Duration::from_millis(300),
+        probation: Duration::from_secs(10),
     }
 }
 

@@ -17,8 +17,15 @@
 //! }
 //! camp_plugin::plugin!(Shout);
 //! ```
+//!
+//! Panics are logged through `host.log` at error level (as
+//! `panic at FILE:LINE:COL: MESSAGE`) and then trap; the host also captures
+//! stderr, where the standard panic message still goes. The SDK installs
+//! this panic hook once per instance, when the instance is registered.
 
 use std::marker::PhantomData;
+use std::panic::PanicHookInfo;
+use std::sync::Once;
 
 /// The bindings generated from `wit/camp-extension.wit`.
 #[doc(hidden)]
@@ -80,6 +87,41 @@ pub trait Plugin {
     }
 }
 
+/// Installs (once per instance) a panic hook that logs the panic through
+/// the host's `log` at error level, then runs the previous hook (by
+/// default, the standard message on stderr).
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info: &PanicHookInfo<'_>| {
+            log(Level::Error, &panic_message(info));
+            previous(info);
+        }));
+    });
+}
+
+/// `panic at FILE:LINE:COL: MESSAGE` for a panic.
+fn panic_message(info: &PanicHookInfo<'_>) -> String {
+    let payload = info.payload();
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.as_str()
+    } else {
+        "Box<dyn Any>"
+    };
+    match info.location() {
+        Some(loc) => format!(
+            "panic at {}:{}:{}: {message}",
+            loc.file(),
+            loc.line(),
+            loc.column()
+        ),
+        None => format!("panic at <unknown>: {message}"),
+    }
+}
+
 /// Bridges a [`Plugin`] to the generated world trait; used by [`plugin!`].
 #[doc(hidden)]
 pub struct Adapter<T>(PhantomData<T>);
@@ -92,6 +134,7 @@ impl<T: Plugin> Guest for Adapter<T> {
         T::hooks()
     }
     fn on_register(config: String) -> Result<(), String> {
+        install_panic_hook();
         T::on_register(config)
     }
     fn on_unregister() {

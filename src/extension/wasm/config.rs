@@ -3,9 +3,14 @@
 //! ```toml
 //! order = 20                      # pipeline position (ascending, then name)
 //! failure_policy = "fail-closed"  # or "fail-open", "close-session"
-//! deadline_ms = 50                # time budget per hook call (wall clock)
+//! deadline_ms = 50                # time budget per hook call (see below)
 //! memory_limit_bytes = 67108864   # linear-memory cap per instance
+//! max_table_elements = 200000     # cap on each table of an instance
 //! max_instances = 16              # concurrent instances (one per call)
+//! session_store_keys = 64         # keys a session's store may hold after a plugin's set
+//! session_store_bytes = 65536     # bytes (keys + values) likewise
+//! sends_per_call = 16             # session.send-* calls per hook call
+//! output_bytes_per_call = 16384   # guest stdout+stderr kept per call
 //! config = "…"                    # passed to on-register; a table → JSON
 //!
 //! [capabilities]                  # WASI access; nothing by default
@@ -16,6 +21,14 @@
 //! guest = "/data"
 //! read_only = true
 //! ```
+
+//!
+//! The budget `deadline_ms` counts the time the guest runs (in 1 ms epoch
+//! ticks) plus the time it waits inside WASI (sleep, poll); time spent
+//! waiting for a worker thread is not counted (`budget` module). Each
+//! bound, when a guest hits it, fails the call (the failure policy
+//! applies) with an error naming the key; a table or memory growth past
+//! its cap is refused to the guest first, which usually traps.
 
 use std::path::{Path, PathBuf};
 
@@ -63,12 +76,25 @@ pub struct PluginConfig {
     pub order: i64,
     /// What the pipeline does when a hook call fails.
     pub failure_policy: FailurePolicy,
-    /// Time budget of one hook call in milliseconds (epoch deadline).
+    /// Time budget of one hook call in milliseconds: guest running time
+    /// plus time waiting in WASI (not time waiting for a thread).
     pub deadline_ms: u64,
     /// Linear-memory cap of one instance in bytes.
     pub memory_limit_bytes: usize,
+    /// Elements each table of an instance may hold.
+    pub max_table_elements: usize,
     /// How many instances may run at once (one per concurrent call).
     pub max_instances: usize,
+    /// Keys a session's store may hold after a `set` by this plugin.
+    pub session_store_keys: usize,
+    /// Bytes of keys and values a session's store may hold after a `set` by
+    /// this plugin.
+    pub session_store_bytes: usize,
+    /// `session.send-*` calls one hook call may make.
+    pub sends_per_call: u32,
+    /// Bytes of stdout and stderr kept per call (the rest is counted and
+    /// dropped).
+    pub output_bytes_per_call: usize,
     /// The value handed to `on-register`.
     pub config: String,
     /// WASI capabilities granted to the plugin.
@@ -87,7 +113,14 @@ impl Default for PluginConfig {
             // quickly without punishing a loaded host.
             deadline_ms: 50,
             memory_limit_bytes: 64 << 20,
+            // Rust and C guests use a few hundred elements; 200,000
+            // elements are 1.6 MB per table.
+            max_table_elements: 200_000,
             max_instances: 16,
+            session_store_keys: 64,
+            session_store_bytes: 64 << 10,
+            sends_per_call: 16,
+            output_bytes_per_call: 16 << 10,
             config: String::new(),
             capabilities: Capabilities::default(),
         }
@@ -138,7 +171,12 @@ struct RawConfig {
     failure_policy: Option<FailurePolicy>,
     deadline_ms: Option<u64>,
     memory_limit_bytes: Option<u64>,
+    max_table_elements: Option<u64>,
     max_instances: Option<u64>,
+    session_store_keys: Option<u64>,
+    session_store_bytes: Option<u64>,
+    sends_per_call: Option<u64>,
+    output_bytes_per_call: Option<u64>,
     config: Option<toml::Value>,
     #[serde(default)]
     capabilities: Capabilities,
@@ -204,6 +242,43 @@ impl PluginConfig {
                 ));
             }
             cfg.max_instances = n as usize;
+        }
+        let ranged =
+            |key: &'static str, value: Option<u64>, range: std::ops::RangeInclusive<u64>| {
+                match value {
+                    Some(v) if !range.contains(&v) => Err(invalid(
+                        key,
+                        format!("must be {}..={}, got {v}", range.start(), range.end()),
+                    )),
+                    other => Ok(other),
+                }
+            };
+        if let Some(n) = ranged(
+            "max_table_elements",
+            raw.max_table_elements,
+            1_000..=10_000_000,
+        )? {
+            cfg.max_table_elements = n as usize;
+        }
+        if let Some(n) = ranged("session_store_keys", raw.session_store_keys, 0..=1_000_000)? {
+            cfg.session_store_keys = n as usize;
+        }
+        if let Some(n) = ranged(
+            "session_store_bytes",
+            raw.session_store_bytes,
+            0..=(1 << 30),
+        )? {
+            cfg.session_store_bytes = n as usize;
+        }
+        if let Some(n) = ranged("sends_per_call", raw.sends_per_call, 0..=1_000_000)? {
+            cfg.sends_per_call = n as u32;
+        }
+        if let Some(n) = ranged(
+            "output_bytes_per_call",
+            raw.output_bytes_per_call,
+            0..=(16 << 20),
+        )? {
+            cfg.output_bytes_per_call = n as usize;
         }
         if let Some(value) = raw.config {
             cfg.config = match value {

@@ -12,13 +12,11 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 use super::bindings::{Plugin as Bindings, PluginPre};
+use super::budget::TICK;
 use super::cache::{ArtifactCache, CacheOutcome, content_hash};
 use super::config::{ConfigError, PluginConfig};
 use super::plugin::{InstanceError, WasmPlugin};
 use super::state::InstanceState;
-
-/// The epoch tick: time budgets are enforced with this granularity.
-pub(crate) const TICK: Duration = Duration::from_millis(1);
 
 /// Why the plugin host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +69,8 @@ pub enum LoadError {
         /// Wasmtime's message.
         message: String,
     },
-    /// Instantiation, `name`, `hooks` or `on-register` failed or refused.
+    /// Instantiation, `name`, `hooks`, `on-register` or the trial (one call
+    /// of each declared hook) failed or refused.
     #[error("{name}: {error}")]
     Instance {
         /// The plugin name.
@@ -139,8 +138,8 @@ impl std::fmt::Debug for PluginHost {
 }
 
 impl PluginHost {
-    /// Sets up the engine (epoch interruption on, component-model async
-    /// off), links WASI p2 (granting nothing by default) and the host
+    /// Sets up the engine (epoch interruption on, component-model
+    /// concurrency off: calls are async, with fibers), links WASI p2 (granting nothing by default) and the host
     /// interface, and starts the epoch ticker thread.
     pub fn new(options: HostOptions) -> Result<PluginHost, HostError> {
         let mut config = Config::new();
@@ -148,7 +147,9 @@ impl PluginHost {
         config.concurrency_support(false);
         let engine = Engine::new(&config).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        // The async WASI linker: a guest's blocking WASI call (a sleep, a
+        // write to stdout) suspends its call instead of blocking a thread.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
         Bindings::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;

@@ -7,12 +7,22 @@
 //!   by content hash, on disk too if configured) and links it against WASI
 //!   p2 (granting nothing unless the plugin's config says so) and the
 //!   `camp:extension/host` imports;
-//! - runs hooks synchronously on a pool of instances per plugin
-//!   ([`WasmPlugin`], an [`Extension`](crate::extension::Extension));
-//! - enforces a time budget per call (epoch interruption, 1 ms ticks) and a
-//!   linear-memory cap per instance; a trap, timeout or memory overflow
-//!   becomes a [`HookError`](crate::extension::HookError), the instance is
-//!   replaced and repeated failures back off;
+//! - runs hooks as async calls on a pool of instances per plugin
+//!   ([`WasmPlugin`], an [`Extension`](crate::extension::Extension)), on
+//!   the session's own task: a guest yields every 1 ms tick, so a slow hook
+//!   delays only its own session, and nothing a guest does (print, sleep,
+//!   panic) can block or panic a runtime thread;
+//! - enforces a time budget per call (what it counts: `budget` module), a
+//!   linear-memory cap and a table cap per instance, and bounds on what a
+//!   plugin may do to a session (session-store keys and bytes, sends per
+//!   call); a trap, timeout or limit becomes a
+//!   [`HookError`](crate::extension::HookError), the instance is replaced,
+//!   and repeated failures of one session back off for that session only;
+//! - turns guest stdout/stderr into log lines tagged with plugin and
+//!   session (bounded per call and per line);
+//! - tries a version before it goes live (instantiate, `on-register`, one
+//!   call of each declared hook) and rolls a replacement back when it fails
+//!   on several sessions right after the swap;
 //! - keeps a folder of plugins in sync with a pipeline ([`PluginDir`]):
 //!   load at start, hot reload on change, unload on removal.
 //!
@@ -31,9 +41,11 @@
 //! ```
 
 mod bindings;
+mod budget;
 mod cache;
 mod config;
 mod host;
+mod output;
 mod plugin;
 mod state;
 mod watch;
@@ -41,5 +53,7 @@ mod watch;
 pub use cache::{CacheOutcome, content_hash};
 pub use config::{Capabilities, ConfigError, PluginConfig, Preopen};
 pub use host::{HostError, HostOptions, LoadError, LoadTimings, PluginHost, plugin_name};
-pub use plugin::{InstanceError, PluginMeta, WasmPlugin};
+pub use plugin::{
+    InstanceError, PluginMeta, Probation, ROLLBACK_SESSIONS, TRIAL_SESSION, WasmPlugin,
+};
 pub use watch::{DirOptions, LoadedVersion, PluginDir, PluginStatus, ScanReport, WatchError};

@@ -3,14 +3,29 @@
 //!
 //! The component is compiled once; calls run on a pool of instances (one
 //! `Store` each), checked out for one call and returned after it, so a call
-//! costs no instantiation and sessions cost nothing. Per-session state lives
-//! in the host's session store. A trap, a timeout or a memory overflow
-//! discards the instance (a fresh one is made on demand); repeated failures
-//! put the plugin into a back-off during which calls fail fast with
-//! [`HookError::Unavailable`].
+//! costs no instantiation and sessions cost nothing. At most
+//! `max_instances` exist; a call that finds them all busy waits its turn
+//! (fairly, without holding a thread). Per-session state lives in the
+//! host's session store.
+//!
+//! Every guest call is async and runs under the time budget of
+//! [`budget`](super::budget): it yields to the runtime every tick, so a slow
+//! hook delays only its own session. A trap, a timeout or a limit discards
+//! the instance (a fresh one is made on demand). Failures are accounted
+//! **per session**: a session whose messages keep making the plugin fail
+//! backs off on its own (its calls fail fast with
+//! [`HookError::Unavailable`] and its policy applies), while every other
+//! session keeps a working plugin.
+//!
+//! Before a version is accepted it passes a trial: instantiation,
+//! `on-register`, and one call of each hook it declares (and of both
+//! session notifications) against a synthetic session with an empty
+//! payload. After it replaces another version it is on probation: see
+//! [`WasmPlugin::probation`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Resource, ResourceTable};
@@ -19,22 +34,34 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::bindings::camp::extension::types::{Action, HookSet as WitHookSet, Payload};
 use super::bindings::{Plugin as Bindings, PluginPre};
+use super::budget;
 use super::config::PluginConfig;
-use super::host::TICK;
-use super::state::{InstanceState, Limiter, SessionSlot};
-use crate::extension::{Extension, FailurePolicy, Hook, HookError, HookSet, Message, Verdict};
+use super::output::GuestOutput;
+use super::state::{HostLimits, InstanceState, Limiter, SessionSlot};
+use crate::extension::{
+    Extension, FailurePolicy, Hook, HookError, HookFuture, HookSet, Message, NotifyFuture, Verdict,
+};
 use crate::protocol::MAX_PAYLOAD;
 use crate::session::Session;
 
-/// Consecutive failures after which a plugin backs off.
+/// Consecutive failures of one session after which that session backs off.
 const BACKOFF_AFTER: u32 = 3;
 /// The first back-off; it doubles with every failure after that.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// The longest back-off.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Sessions whose failures are remembered at once (only failing sessions
+/// are; one that succeeds or closes is forgotten). Past this, failures of
+/// further sessions are still handled by the policy, without back-off.
+const MAX_FAILING_SESSIONS: usize = 65_536;
 /// Time budget of lifecycle calls (`name`, `hooks`, `on-register`, …),
 /// which may do one-time work such as compiling patterns.
 const LIFECYCLE_DEADLINE: Duration = Duration::from_secs(1);
+/// The session id of the trial's synthetic session.
+pub const TRIAL_SESSION: u64 = 0;
+/// Distinct sessions that must see a failure, with failures outnumbering
+/// successes, for a version on probation to be rolled back.
+pub const ROLLBACK_SESSIONS: usize = 3;
 
 /// Why an instance could not be made or a lifecycle call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +85,15 @@ pub enum InstanceError {
     /// `on-register` refused the configuration.
     #[error("on-register refused: {0}")]
     Refused(String),
+    /// A declared hook failed its trial call (synthetic session, empty
+    /// payload) before the version went live.
+    #[error("trial call of {call} failed: {error}")]
+    Trial {
+        /// The export.
+        call: &'static str,
+        /// What happened.
+        error: HookError,
+    },
 }
 
 /// One instance of the plugin: its store and its exports.
@@ -74,24 +110,151 @@ fn session_handle() -> Resource<SessionSlot> {
     Resource::new_borrow(0)
 }
 
-/// Idle instances and how many exist.
-struct Pool {
-    /// Instances ready for a call.
-    idle: Vec<Instance>,
-    /// Instances in existence (idle + checked out + being made).
-    live: usize,
-    /// Callers waiting for an instance (so returning one only signals the
-    /// condition variable, a system call, when someone waits).
-    waiting: usize,
+/// One export call, with its arguments.
+enum Call<'m> {
+    /// `name()`.
+    Name,
+    /// `hooks()`.
+    Hooks,
+    /// `on-register(config)`.
+    OnRegister(&'m str),
+    /// `on-unregister()`.
+    OnUnregister,
+    /// `session-opened(session)`.
+    Opened,
+    /// `session-closed(session)`.
+    Closed,
+    /// A message hook.
+    Hook(Hook, &'m Message),
 }
 
-/// Failure bookkeeping for back-off.
+impl Call<'_> {
+    /// The export's name, for errors and logs.
+    fn name(&self) -> &'static str {
+        match self {
+            Call::Name => "name",
+            Call::Hooks => "hooks",
+            Call::OnRegister(_) => "on-register",
+            Call::OnUnregister => "on-unregister",
+            Call::Opened => "session-opened",
+            Call::Closed => "session-closed",
+            Call::Hook(hook, _) => hook.name(),
+        }
+    }
+}
+
+/// What an export returned.
+enum Reply {
+    /// From `name()`.
+    Name(String),
+    /// From `hooks()`.
+    Hooks(WitHookSet),
+    /// From `on-register`.
+    Registered(Result<(), String>),
+    /// From a notification or `on-unregister`.
+    Done,
+    /// From a message hook.
+    Action(Action),
+}
+
+/// Calls one export (async: the store yields every tick).
+async fn invoke(
+    bindings: &Bindings,
+    store: &mut Store<InstanceState>,
+    call: &Call<'_>,
+) -> wasmtime::Result<Reply> {
+    let s = session_handle;
+    Ok(match call {
+        Call::Name => Reply::Name(bindings.call_name(store).await?),
+        Call::Hooks => Reply::Hooks(bindings.call_hooks(store).await?),
+        Call::OnRegister(config) => {
+            Reply::Registered(bindings.call_on_register(store, config).await?)
+        }
+        Call::OnUnregister => {
+            bindings.call_on_unregister(store).await?;
+            Reply::Done
+        }
+        Call::Opened => {
+            bindings.call_session_opened(store, s()).await?;
+            Reply::Done
+        }
+        Call::Closed => {
+            bindings.call_session_closed(store, s()).await?;
+            Reply::Done
+        }
+        Call::Hook(hook, message) => Reply::Action(match (hook, message) {
+            (Hook::BeforeSendUtf8, Message::Utf8(t)) => {
+                bindings.call_before_send_utf8(store, s(), t).await?
+            }
+            (Hook::BeforeSendBinary, Message::Binary(b)) => {
+                bindings.call_before_send_binary(store, s(), b).await?
+            }
+            (Hook::BeforeSendError, Message::Error(t)) => {
+                bindings.call_before_send_error(store, s(), t).await?
+            }
+            (Hook::OnReceiveUtf8, Message::Utf8(t)) => {
+                bindings.call_on_receive_utf8(store, s(), t).await?
+            }
+            (Hook::OnReceiveBinary, Message::Binary(b)) => {
+                bindings.call_on_receive_binary(store, s(), b).await?
+            }
+            (Hook::OnReceiveError, Message::Error(t)) => {
+                bindings.call_on_receive_error(store, s(), t).await?
+            }
+            _ => {
+                return Err(wasmtime::format_err!(
+                    "{} message given to the {} hook",
+                    message.kind(),
+                    hook.name()
+                ));
+            }
+        }),
+    })
+}
+
+/// Failure bookkeeping of one session, for its back-off.
 #[derive(Default)]
 struct Health {
-    /// Failures since the last success.
+    /// Failures since the session's last success.
     consecutive: u32,
-    /// Calls fail fast until then.
+    /// The session's calls fail fast until then.
     backoff_until: Option<Instant>,
+}
+
+/// The sessions that are failing now.
+#[derive(Default)]
+struct Failing {
+    /// How many entries `sessions` has (read without the lock: zero is the
+    /// healthy fast path).
+    count: AtomicUsize,
+    /// Back-off state by session id.
+    sessions: Mutex<HashMap<u64, Health>>,
+}
+
+/// Counters of a version on probation (just swapped in).
+#[derive(Default)]
+struct ProbationCounts {
+    /// Successful hook calls.
+    successes: u64,
+    /// Failed hook calls.
+    failures: u64,
+    /// Sessions that saw a failure.
+    sessions: HashSet<u64>,
+    /// The last failure.
+    last_error: Option<String>,
+}
+
+/// A version's standing on probation, for the folder's rollback decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probation {
+    /// Not on probation.
+    Off,
+    /// On probation, nothing decided yet.
+    Pending,
+    /// Failed on at least [`ROLLBACK_SESSIONS`] sessions with failures
+    /// outnumbering successes: roll back. Carries the counts and the last
+    /// error.
+    Failed(String),
 }
 
 /// Static facts about a loaded plugin version, fixed at load.
@@ -119,21 +282,24 @@ pub struct WasmPlugin {
     engine: Engine,
     /// The plugin name as shared string for store data.
     name: Arc<str>,
-    /// Epoch ticks per hook call.
-    deadline_ticks: u64,
     /// Idle instances.
-    pool: Mutex<Pool>,
-    /// Signalled when an instance is returned or discarded.
-    returned: Condvar,
-    /// Back-off state.
-    health: Mutex<Health>,
-    /// Whether the last call failed (a lock-free fast path for the common,
-    /// healthy case).
-    failing: AtomicBool,
+    idle: Mutex<Vec<Instance>>,
+    /// One permit per instance that may exist (`max_instances`).
+    permits: tokio::sync::Semaphore,
+    /// Instances in existence.
+    live: AtomicUsize,
+    /// Sessions that are failing, for per-session back-off.
+    failing: Failing,
+    /// Set while on probation.
+    on_probation: AtomicBool,
+    /// Probation counters.
+    probation: Mutex<ProbationCounts>,
     /// Set once the plugin was unregistered: returned instances retire.
     retired: AtomicBool,
     /// Instances discarded after a failure (for the admin view and tests).
     discarded: AtomicU64,
+    /// Bytes of guest output dropped over `output_bytes_per_call`.
+    output_dropped: Arc<AtomicU64>,
     /// Keeps the host (and its epoch ticker) alive while this plugin is.
     _host: Arc<dyn std::any::Any + Send + Sync>,
 }
@@ -152,9 +318,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The epoch ticks for a time budget (at least one).
-fn ticks(budget: Duration) -> u64 {
-    (budget.as_micros().div_ceil(TICK.as_micros()) as u64).max(1)
+/// Runs a future to completion from synchronous code, wherever that code
+/// runs: on this thread when it is outside any async runtime, otherwise on
+/// a thread of its own (blocking inside a runtime would panic), with
+/// wasmtime-wasi's runtime for timers and I/O. Used for loading, which is a
+/// blocking operation by contract.
+fn block_on_guest<F: std::future::Future + Send>(future: F) -> F::Output
+where
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_err() {
+        return wasmtime_wasi::runtime::in_tokio(future);
+    }
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("camp-plugin-load".into())
+            .spawn_scoped(scope, || wasmtime_wasi::runtime::in_tokio(future))
+            .expect("spawn a plugin load thread")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// The pipeline's hook set from the WIT flags.
@@ -175,21 +358,59 @@ fn hook_set(flags: WitHookSet) -> HookSet {
 
 impl Instance {
     /// Classifies a failed call of this instance.
-    fn classify(&self, err: wasmtime::Error, deadline: Duration, memory: usize) -> HookError {
-        if self.store.data().limiter.exceeded {
-            HookError::MemoryLimit(memory)
+    fn classify(&self, err: wasmtime::Error, config: &PluginConfig, budget: Duration) -> HookError {
+        let data = self.store.data();
+        if data.limiter.exceeded {
+            HookError::MemoryLimit(config.memory_limit_bytes)
+        } else if data.limiter.table_exceeded {
+            HookError::Limit(format!(
+                "a table would grow past max_table_elements = {}",
+                config.max_table_elements
+            ))
+        } else if let Some(what) = &data.limit_hit {
+            HookError::Limit(what.clone())
         } else if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            HookError::Timeout(deadline)
+            HookError::Timeout(budget)
         } else {
             HookError::Trap(format!("{err:#}"))
         }
+    }
+
+    /// Runs one export under `budget` with `session` as the call's
+    /// session, then logs what the guest printed. Failures are classified.
+    async fn run(
+        &mut self,
+        plugin: &str,
+        config: &PluginConfig,
+        budget: Duration,
+        session: Option<&Session>,
+        call: Call<'_>,
+    ) -> Result<Reply, HookError> {
+        let data = self.store.data_mut();
+        data.current = session.cloned();
+        data.sends = 0;
+        data.limit_hit = None;
+        data.limiter.exceeded = false;
+        data.limiter.table_exceeded = false;
+        let meter = data.meter.clone();
+        self.store.set_epoch_deadline(1);
+        let result = budget::run(
+            &meter,
+            budget,
+            invoke(&self.bindings, &mut self.store, &call),
+        )
+        .await;
+        let data = self.store.data_mut();
+        data.current = None;
+        data.output.flush(plugin, session.map(Session::id));
+        result.map_err(|e| self.classify(e, config, budget))
     }
 }
 
 impl WasmPlugin {
     /// Makes a plugin from a pre-linked component: creates the first
-    /// instance, reads `name()` and `hooks()` and runs `on-register`. Any
-    /// failure refuses the load.
+    /// instance (running `on-register`), reads `name()` and `hooks()`, and
+    /// runs the trial. Any failure refuses the load. Blocking.
     pub(crate) fn new(
         host: Arc<dyn std::any::Any + Send + Sync>,
         engine: Engine,
@@ -198,7 +419,7 @@ impl WasmPlugin {
         hash: String,
         config: PluginConfig,
     ) -> Result<WasmPlugin, InstanceError> {
-        let deadline_ticks = ticks(config.deadline());
+        let max_instances = config.max_instances;
         let mut plugin = WasmPlugin {
             meta: PluginMeta {
                 name: name.clone(),
@@ -210,28 +431,74 @@ impl WasmPlugin {
             pre,
             engine,
             name: name.into(),
-            deadline_ticks,
-            pool: Mutex::new(Pool {
-                idle: Vec::new(),
-                live: 0,
-                waiting: 0,
-            }),
-            returned: Condvar::new(),
-            health: Mutex::new(Health::default()),
-            failing: AtomicBool::new(false),
+            idle: Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(max_instances),
+            live: AtomicUsize::new(0),
+            failing: Failing::default(),
+            on_probation: AtomicBool::new(false),
+            probation: Mutex::default(),
             retired: AtomicBool::new(false),
             discarded: AtomicU64::new(0),
+            output_dropped: Arc::default(),
             _host: host,
         };
-        let mut first = plugin.instantiate()?;
-        let guest_name = plugin.lifecycle(&mut first, "name", |b, s| b.call_name(s))?;
-        let flags = plugin.lifecycle(&mut first, "hooks", |b, s| b.call_hooks(s))?;
+        let (guest_name, hooks, first) = block_on_guest(plugin.trial())?;
         plugin.meta.guest_name = guest_name;
-        plugin.meta.hooks = hook_set(flags);
-        let pool = plugin.pool.get_mut().unwrap_or_else(|e| e.into_inner());
-        pool.live = 1;
-        pool.idle.push(first);
+        plugin.meta.hooks = hooks;
+        plugin.live.store(1, Ordering::Relaxed);
+        lock(&plugin.idle).push(first);
         Ok(plugin)
+    }
+
+    /// The trial: instantiate (with `on-register`), `name`, `hooks`, then
+    /// each declared hook and both notifications once against a synthetic
+    /// session with an empty payload. Returns the instance for the pool.
+    async fn trial(&self) -> Result<(String, HookSet, Instance), InstanceError> {
+        let mut first = self.instantiate().await?;
+        let failed = |call: &'static str| move |error| InstanceError::Call { call, error };
+        let guest_name = match self.lifecycle(&mut first, Call::Name).await {
+            Ok(Reply::Name(name)) => name,
+            Ok(_) => unreachable!("name() returns a name"),
+            Err(e) => return Err(failed("name")(e)),
+        };
+        let hooks = match self.lifecycle(&mut first, Call::Hooks).await {
+            Ok(Reply::Hooks(flags)) => hook_set(flags),
+            Ok(_) => unreachable!("hooks() returns flags"),
+            Err(e) => return Err(failed("hooks")(e)),
+        };
+        let (session, _outbox) = Session::detached(TRIAL_SESSION);
+        let config = &self.meta.config;
+        let trial = |call: &'static str| move |error| InstanceError::Trial { call, error };
+        for call in [Call::Opened, Call::Closed] {
+            let name = call.name();
+            first
+                .run(&self.name, config, config.deadline(), Some(&session), call)
+                .await
+                .map_err(trial(name))?;
+        }
+        for hook in hooks.iter() {
+            let mut message = match hook {
+                Hook::BeforeSendUtf8 | Hook::OnReceiveUtf8 => Message::Utf8(String::new()),
+                Hook::BeforeSendBinary | Hook::OnReceiveBinary => Message::Binary(Vec::new()),
+                Hook::BeforeSendError | Hook::OnReceiveError => Message::Error(String::new()),
+            };
+            let reply = first
+                .run(
+                    &self.name,
+                    config,
+                    config.deadline(),
+                    Some(&session),
+                    Call::Hook(hook, &message),
+                )
+                .await;
+            let result = match reply {
+                Ok(Reply::Action(action)) => apply(action, &mut message).map(drop),
+                Ok(_) => unreachable!("hooks return actions"),
+                Err(e) => Err(e),
+            };
+            result.map_err(trial(hook.name()))?;
+        }
+        Ok((guest_name, hooks, first))
     }
 
     /// Facts about this version.
@@ -246,11 +513,55 @@ impl WasmPlugin {
 
     /// Instances currently alive.
     pub fn live_instances(&self) -> usize {
-        lock(&self.pool).live
+        self.live.load(Ordering::Relaxed)
     }
 
-    /// Builds the WASI context the configuration grants (empty by default).
-    fn wasi(&self) -> Result<wasmtime_wasi::WasiCtx, InstanceError> {
+    /// Sessions in back-off or with recent failures now.
+    pub fn failing_sessions(&self) -> usize {
+        self.failing.count.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of guest stdout/stderr dropped over `output_bytes_per_call`.
+    pub fn output_dropped_bytes(&self) -> u64 {
+        self.output_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Puts this version on probation: from now on its hook results are
+    /// counted for [`probation`](WasmPlugin::probation).
+    pub fn start_probation(&self) {
+        *lock(&self.probation) = ProbationCounts::default();
+        self.on_probation.store(true, Ordering::Release);
+    }
+
+    /// Ends the probation (the version stays or was rolled back).
+    pub fn end_probation(&self) {
+        self.on_probation.store(false, Ordering::Release);
+    }
+
+    /// The standing on probation: [`Probation::Failed`] once at least
+    /// [`ROLLBACK_SESSIONS`] sessions saw a failure and failures outnumber
+    /// successes.
+    pub fn probation(&self) -> Probation {
+        if !self.on_probation.load(Ordering::Acquire) {
+            return Probation::Off;
+        }
+        let counts = lock(&self.probation);
+        if counts.sessions.len() >= ROLLBACK_SESSIONS && counts.failures > counts.successes {
+            Probation::Failed(format!(
+                "{} failures and {} successes on {} sessions since it went live; last: {}",
+                counts.failures,
+                counts.successes,
+                counts.sessions.len(),
+                counts.last_error.as_deref().unwrap_or("-")
+            ))
+        } else {
+            Probation::Pending
+        }
+    }
+
+    /// Builds the WASI context the configuration grants: stdout and stderr
+    /// captured into log lines, nothing else unless configured.
+    fn wasi(&self, output: &GuestOutput) -> Result<wasmtime_wasi::WasiCtx, InstanceError> {
         let caps = &self.meta.config.capabilities;
         let mut builder = WasiCtxBuilder::new();
         for name in &caps.env {
@@ -260,6 +571,8 @@ impl WasmPlugin {
         }
         if caps.inherit_stdio {
             builder.inherit_stdio();
+        } else {
+            builder.stdout(output.stream(0)).stderr(output.stream(1));
         }
         for dir in &caps.preopen {
             let perms = if dir.read_only {
@@ -275,63 +588,99 @@ impl WasmPlugin {
     }
 
     /// Creates a fresh instance and runs `on-register` on it.
-    fn instantiate(&self) -> Result<Instance, InstanceError> {
+    async fn instantiate(&self) -> Result<Instance, InstanceError> {
+        let config = &self.meta.config;
+        let output = GuestOutput::new(config.output_bytes_per_call, self.output_dropped.clone());
         let state = InstanceState {
             plugin: self.name.clone(),
             table: ResourceTable::new(),
             current: None,
-            wasi: self.wasi()?,
-            limiter: Limiter::new(self.meta.config.memory_limit_bytes),
+            wasi: self.wasi(&output)?,
+            limiter: Limiter::new(config.memory_limit_bytes, config.max_table_elements),
+            meter: Arc::default(),
+            output,
+            limits: HostLimits {
+                store_keys: config.session_store_keys,
+                store_bytes: config.session_store_bytes,
+                sends_per_call: config.sends_per_call,
+            },
+            sends: 0,
+            limit_hit: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(ticks(LIFECYCLE_DEADLINE));
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| InstanceError::Instantiate(format!("{e:#}")))?;
+        budget::install(&mut store);
+        store.set_epoch_deadline(1);
+        // Instantiation runs the component's start functions: same budget
+        // as lifecycle calls.
+        let meter = store.data().meter.clone();
+        let bindings = budget::run(
+            &meter,
+            LIFECYCLE_DEADLINE,
+            self.pre.instantiate_async(&mut store),
+        )
+        .await
+        .map_err(|e| InstanceError::Instantiate(format!("{e:#}")))?;
         let mut instance = Instance { store, bindings };
-        let config = self.meta.config.config.clone();
-        self.lifecycle(&mut instance, "on-register", |b, s| {
-            b.call_on_register(s, &config)
-        })?
-        .map_err(InstanceError::Refused)?;
-        Ok(instance)
+        let config_text = self.meta.config.config.clone();
+        match self
+            .lifecycle(&mut instance, Call::OnRegister(&config_text))
+            .await
+        {
+            Ok(Reply::Registered(Ok(()))) => Ok(instance),
+            Ok(Reply::Registered(Err(refusal))) => Err(InstanceError::Refused(refusal)),
+            Ok(_) => unreachable!("on-register returns a result"),
+            Err(error) => Err(InstanceError::Call {
+                call: "on-register",
+                error,
+            }),
+        }
     }
 
     /// Runs a lifecycle export with the lifecycle time budget.
-    fn lifecycle<R>(
-        &self,
-        instance: &mut Instance,
-        call: &'static str,
-        f: impl FnOnce(&Bindings, &mut Store<InstanceState>) -> wasmtime::Result<R>,
-    ) -> Result<R, InstanceError> {
-        instance.store.set_epoch_deadline(ticks(LIFECYCLE_DEADLINE));
-        f(&instance.bindings, &mut instance.store).map_err(|e| InstanceError::Call {
-            call,
-            error: instance.classify(e, LIFECYCLE_DEADLINE, self.meta.config.memory_limit_bytes),
-        })
+    async fn lifecycle(&self, instance: &mut Instance, call: Call<'_>) -> Result<Reply, HookError> {
+        instance
+            .run(
+                &self.name,
+                &self.meta.config,
+                LIFECYCLE_DEADLINE,
+                None,
+                call,
+            )
+            .await
     }
 
-    /// Fails fast while backing off.
-    fn check_backoff(&self) -> Result<(), HookError> {
-        if !self.failing.load(Ordering::Acquire) {
+    /// Fails fast while `session` backs off.
+    fn check_backoff(&self, session: &Session) -> Result<(), HookError> {
+        if self.failing.count.load(Ordering::Acquire) == 0 {
             return Ok(());
         }
-        let health = lock(&self.health);
-        match health.backoff_until {
-            Some(until) if Instant::now() < until => Err(HookError::Unavailable(format!(
-                "backing off after {} consecutive failures",
-                health.consecutive
+        let sessions = lock(&self.failing.sessions);
+        match sessions.get(&session.id()) {
+            Some(Health {
+                consecutive,
+                backoff_until: Some(until),
+            }) if Instant::now() < *until => Err(HookError::Unavailable(format!(
+                "backing off for session {} after {consecutive} consecutive failures",
+                session.id()
             ))),
             _ => Ok(()),
         }
     }
 
-    /// Records a failed call; starts or extends the back-off.
-    fn record_failure(&self, hook: &str, err: &HookError) {
-        let mut health = lock(&self.health);
-        self.failing.store(true, Ordering::Release);
+    /// Records a failed call of `session`; starts or extends its back-off.
+    fn record_failure(&self, session: &Session, hook: &str, err: &HookError) {
+        if self.on_probation.load(Ordering::Acquire) {
+            let mut counts = lock(&self.probation);
+            counts.failures += 1;
+            counts.sessions.insert(session.id());
+            counts.last_error = Some(format!("{hook}: {err}"));
+        }
+        let mut sessions = lock(&self.failing.sessions);
+        if sessions.len() >= MAX_FAILING_SESSIONS && !sessions.contains_key(&session.id()) {
+            return;
+        }
+        let health = sessions.entry(session.id()).or_default();
         health.consecutive += 1;
         if health.consecutive >= BACKOFF_AFTER {
             let exp = (health.consecutive - BACKOFF_AFTER).min(16);
@@ -339,144 +688,156 @@ impl WasmPlugin {
             health.backoff_until = Some(Instant::now() + pause);
             tracing::warn!(
                 plugin = &*self.name,
+                session = session.id(),
                 hook,
                 failures = health.consecutive,
-                "plugin backs off for {pause:?} after: {err}"
+                "session backs off this plugin for {pause:?} after: {err}"
             );
         }
+        self.failing.count.store(sessions.len(), Ordering::Release);
     }
 
-    /// Records a successful call: the back-off ends.
-    fn record_success(&self) {
-        if self.failing.load(Ordering::Acquire) {
-            let mut health = lock(&self.health);
-            *health = Health::default();
-            self.failing.store(false, Ordering::Release);
+    /// Records a successful call: the session's back-off ends.
+    fn record_success(&self, session: &Session) {
+        if self.on_probation.load(Ordering::Acquire) {
+            lock(&self.probation).successes += 1;
         }
+        self.forget(session);
     }
 
-    /// Takes an idle instance, makes a new one if under the cap, or waits
-    /// for one to be returned: up to two deadlines, long enough for a call
-    /// in progress to finish or be interrupted.
-    fn checkout(&self) -> Result<Instance, HookError> {
-        let wait_until = Instant::now() + 2 * self.meta.config.deadline();
-        let mut pool = lock(&self.pool);
-        loop {
-            if let Some(instance) = pool.idle.pop() {
-                return Ok(instance);
-            }
-            if pool.live < self.meta.config.max_instances {
-                pool.live += 1;
-                drop(pool);
-                return self.instantiate().map_err(|e| {
-                    self.release_slot(lock(&self.pool));
-                    HookError::Unavailable(format!("cannot create an instance: {e}"))
-                });
-            }
-            let now = Instant::now();
-            if now >= wait_until {
-                return Err(HookError::Unavailable(format!(
-                    "all {} instances busy",
-                    self.meta.config.max_instances
-                )));
-            }
-            pool.waiting += 1;
-            pool = self
-                .returned
-                .wait_timeout(pool, wait_until - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            pool.waiting -= 1;
+    /// Forgets `session`'s failures.
+    fn forget(&self, session: &Session) {
+        if self.failing.count.load(Ordering::Acquire) == 0 {
+            return;
         }
+        let mut sessions = lock(&self.failing.sessions);
+        sessions.remove(&session.id());
+        self.failing.count.store(sessions.len(), Ordering::Release);
     }
 
-    /// Forgets one instance (discarded or retired) and wakes a waiter, who
-    /// may now make a new one.
-    fn release_slot(&self, mut pool: MutexGuard<'_, Pool>) {
-        pool.live -= 1;
-        if pool.waiting > 0 {
-            self.returned.notify_one();
+    /// Takes an idle instance or makes a new one, waiting (fairly, without
+    /// a thread) while `max_instances` are busy.
+    async fn checkout(&self) -> Result<(Instance, tokio::sync::SemaphorePermit<'_>), HookError> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HookError::Unavailable("plugin retired".into()))?;
+        if let Some(instance) = lock(&self.idle).pop() {
+            return Ok((instance, permit));
+        }
+        self.live.fetch_add(1, Ordering::Relaxed);
+        match self.instantiate().await {
+            Ok(instance) => Ok((instance, permit)),
+            Err(e) => {
+                self.live.fetch_sub(1, Ordering::Relaxed);
+                Err(HookError::Unavailable(format!(
+                    "cannot create an instance: {e}"
+                )))
+            }
         }
     }
 
     /// Returns a healthy instance to the pool (or retires it).
-    fn checkin(&self, mut instance: Instance) {
+    async fn checkin(&self, mut instance: Instance) {
         if self.retired.load(Ordering::Acquire) {
-            self.retire(&mut instance);
-            self.release_slot(lock(&self.pool));
+            self.retire(&mut instance).await;
+            self.live.fetch_sub(1, Ordering::Relaxed);
         } else {
-            let mut pool = lock(&self.pool);
-            pool.idle.push(instance);
-            if pool.waiting > 0 {
-                self.returned.notify_one();
-            }
+            lock(&self.idle).push(instance);
         }
     }
 
     /// Drops a broken instance; a new one is made on demand.
-    fn discard(&self, hook: &str, err: &HookError) {
+    fn discard(&self, instance: Instance, session: Option<&Session>, what: &str, err: &HookError) {
+        drop(instance);
+        self.live.fetch_sub(1, Ordering::Relaxed);
         self.discarded.fetch_add(1, Ordering::Relaxed);
-        self.release_slot(lock(&self.pool));
         tracing::warn!(
             plugin = &*self.name,
-            hook,
+            session = session.map(Session::id),
+            hook = what,
             "instance discarded after: {err}"
         );
     }
 
     /// Runs `on-unregister` on an instance that is being dropped.
-    fn retire(&self, instance: &mut Instance) {
-        if let Err(e) = self.lifecycle(instance, "on-unregister", |b, s| b.call_on_unregister(s)) {
-            tracing::warn!(plugin = &*self.name, "{e}");
+    async fn retire(&self, instance: &mut Instance) {
+        if let Err(e) = self.lifecycle(instance, Call::OnUnregister).await {
+            tracing::warn!(plugin = &*self.name, "on-unregister failed: {e}");
         }
     }
 
-    /// Runs one hook on `instance`: sets the call's session, lowers the
-    /// message, calls, clears the session and applies the action.
-    fn run_hook(
+    /// One hook call: back-off check, checkout, call, checkin or discard,
+    /// accounting.
+    async fn call_hook(
         &self,
-        instance: &mut Instance,
         hook: Hook,
         session: &Session,
         message: &mut Message,
     ) -> Result<Verdict, HookError> {
+        self.check_backoff(session)?;
+        let (mut instance, _permit) = self.checkout().await?;
         let config = &self.meta.config;
-        let Instance { store, bindings } = instance;
-        store.set_epoch_deadline(self.deadline_ticks);
-        store.data_mut().current = Some(session.clone());
-        let borrow = session_handle();
-        let result = match (hook, &*message) {
-            (Hook::BeforeSendUtf8, Message::Utf8(t)) => {
-                bindings.call_before_send_utf8(&mut *store, borrow, t)
+        let reply = instance
+            .run(
+                &self.name,
+                config,
+                config.deadline(),
+                Some(session),
+                Call::Hook(hook, &*message),
+            )
+            .await;
+        let result = match reply {
+            Ok(Reply::Action(action)) => {
+                let applied = apply(action, message);
+                // The instance is fine even if its answer was not.
+                self.checkin(instance).await;
+                applied
             }
-            (Hook::BeforeSendBinary, Message::Binary(b)) => {
-                bindings.call_before_send_binary(&mut *store, borrow, b)
-            }
-            (Hook::BeforeSendError, Message::Error(t)) => {
-                bindings.call_before_send_error(&mut *store, borrow, t)
-            }
-            (Hook::OnReceiveUtf8, Message::Utf8(t)) => {
-                bindings.call_on_receive_utf8(&mut *store, borrow, t)
-            }
-            (Hook::OnReceiveBinary, Message::Binary(b)) => {
-                bindings.call_on_receive_binary(&mut *store, borrow, b)
-            }
-            (Hook::OnReceiveError, Message::Error(t)) => {
-                bindings.call_on_receive_error(&mut *store, borrow, t)
-            }
-            _ => {
-                store.data_mut().current = None;
-                return Err(HookError::Invalid(format!(
-                    "{} message given to the {} hook",
-                    message.kind(),
-                    hook.name()
-                )));
+            Ok(_) => unreachable!("hooks return actions"),
+            Err(err) => {
+                self.discard(instance, Some(session), hook.name(), &err);
+                Err(err)
             }
         };
-        store.data_mut().current = None;
-        let action = result
-            .map_err(|e| instance.classify(e, config.deadline(), config.memory_limit_bytes))?;
-        apply(action, message)
+        match &result {
+            Ok(_) => self.record_success(session),
+            Err(err) => self.record_failure(session, hook.name(), err),
+        }
+        result
+    }
+
+    /// Runs a session notification; failures are logged and count towards
+    /// the session's back-off (there is no message to apply a policy to).
+    async fn notify(&self, session: &Session, call: Call<'_>) {
+        if self.check_backoff(session).is_err() {
+            return;
+        }
+        let what = call.name();
+        let (mut instance, _permit) = match self.checkout().await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(
+                    plugin = &*self.name,
+                    session = session.id(),
+                    hook = what,
+                    "{e}"
+                );
+                return;
+            }
+        };
+        let config = &self.meta.config;
+        match instance
+            .run(&self.name, config, config.deadline(), Some(session), call)
+            .await
+        {
+            Ok(_) => self.checkin(instance).await,
+            Err(err) => {
+                self.discard(instance, Some(session), what, &err);
+                self.record_failure(session, what, &err);
+            }
+        }
     }
 }
 
@@ -532,95 +893,59 @@ impl Extension for WasmPlugin {
         self.meta.config.failure_policy
     }
 
-    fn session_opened(&self, session: &Session) {
-        self.notify(session, "session-opened", |b, s, r| {
-            b.call_session_opened(s, r)
-        });
+    fn session_opened<'a>(&'a self, session: &'a Session) -> NotifyFuture<'a> {
+        Box::pin(self.notify(session, Call::Opened))
     }
 
-    fn session_closed(&self, session: &Session) {
-        self.notify(session, "session-closed", |b, s, r| {
-            b.call_session_closed(s, r)
-        });
+    fn session_closed<'a>(&'a self, session: &'a Session) -> NotifyFuture<'a> {
+        Box::pin(async move {
+            self.notify(session, Call::Closed).await;
+            self.forget(session);
+        })
     }
 
-    fn call(
-        &self,
+    fn call<'a>(
+        &'a self,
         hook: Hook,
-        session: &Session,
-        message: &mut Message,
-    ) -> Result<Verdict, HookError> {
-        self.check_backoff()?;
-        let mut instance = self.checkout()?;
-        match self.run_hook(&mut instance, hook, session, message) {
-            Ok(verdict) => {
-                self.checkin(instance);
-                self.record_success();
-                Ok(verdict)
-            }
-            Err(err @ HookError::Invalid(_)) => {
-                // The instance is fine; the plugin's answer was not.
-                self.checkin(instance);
-                self.record_failure(hook.name(), &err);
-                Err(err)
-            }
-            Err(err) => {
-                drop(instance);
-                self.discard(hook.name(), &err);
-                self.record_failure(hook.name(), &err);
-                Err(err)
-            }
-        }
+        session: &'a Session,
+        message: &'a mut Message,
+    ) -> HookFuture<'a> {
+        Box::pin(self.call_hook(hook, session, message))
     }
 
     fn unregistered(&self) {
         self.retired.store(true, Ordering::Release);
-        let idle = std::mem::take(&mut lock(&self.pool).idle);
-        let count = idle.len();
-        for mut instance in idle {
-            self.retire(&mut instance);
-        }
-        lock(&self.pool).live -= count;
+        let idle = std::mem::take(&mut *lock(&self.idle));
+        self.live.fetch_sub(idle.len(), Ordering::Relaxed);
         tracing::info!(plugin = &*self.name, hash = %self.meta.hash, "plugin version retired");
-    }
-}
-
-impl WasmPlugin {
-    /// Runs a session notification; failures are logged, not propagated
-    /// (there is no message to apply a policy to).
-    fn notify(
-        &self,
-        session: &Session,
-        what: &'static str,
-        f: impl FnOnce(
-            &Bindings,
-            &mut Store<InstanceState>,
-            Resource<SessionSlot>,
-        ) -> wasmtime::Result<()>,
-    ) {
-        if self.check_backoff().is_err() {
+        if idle.is_empty() {
             return;
         }
-        let mut instance = match self.checkout() {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!(plugin = &*self.name, hook = what, "{e}");
-                return;
-            }
-        };
-        instance.store.set_epoch_deadline(self.deadline_ticks);
-        instance.store.data_mut().current = Some(session.clone());
-        let result = f(&instance.bindings, &mut instance.store, session_handle());
-        instance.store.data_mut().current = None;
-        match result {
-            Ok(()) => self.checkin(instance),
-            Err(e) => {
-                let config = &self.meta.config;
-                let err = instance.classify(e, config.deadline(), config.memory_limit_bytes);
-                drop(instance);
-                self.discard(what, &err);
-                self.record_failure(what, &err);
-            }
+        // `on-unregister` runs guest code: on a thread of its own, so the
+        // caller (possibly an async worker) is never blocked by it. Calls
+        // still in flight finish on their instances, which retire when
+        // they are returned.
+        let name = self.name.clone();
+        let config = self.meta.config.clone();
+        let host = self._host.clone();
+        let spawned = std::thread::Builder::new()
+            .name("camp-plugin-retire".into())
+            .spawn(move || {
+                let _host = host;
+                wasmtime_wasi::runtime::in_tokio(async {
+                    for mut instance in idle {
+                        let call = Call::OnUnregister;
+                        if let Err(e) = instance
+                            .run(&name, &config, LIFECYCLE_DEADLINE, None, call)
+                            .await
+                        {
+                            tracing::warn!(plugin = &*name, "on-unregister failed: {e}");
+                        }
+                    }
+                })
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(plugin = &*self.name, "cannot retire instances: {e}");
         }
     }
 }

@@ -10,6 +10,8 @@ use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::camp::extension::{host, types};
+use super::budget::{CallMeter, Metered};
+use super::output::GuestOutput;
 use crate::session::Session;
 
 /// The host side of the WIT `session` resource. Hooks only ever get a
@@ -19,25 +21,31 @@ use crate::session::Session;
 /// resource-table work and allocation.
 pub struct SessionSlot;
 
-/// A [`StoreLimits`] that also remembers whether a memory growth was
-/// refused, so a trap that follows can be reported as
-/// [`HookError::MemoryLimit`](crate::extension::HookError::MemoryLimit)
-/// rather than a generic trap.
+/// A [`StoreLimits`] that also remembers which growth was refused, so a
+/// trap that follows can be reported as
+/// [`HookError::MemoryLimit`](crate::extension::HookError::MemoryLimit) or
+/// [`HookError::Limit`](crate::extension::HookError::Limit) rather than a
+/// generic trap.
 pub struct Limiter {
     /// The limits themselves.
     limits: StoreLimits,
-    /// Set when a growth was refused.
+    /// Set when a memory growth was refused.
     pub(crate) exceeded: bool,
+    /// Set when a table growth was refused.
+    pub(crate) table_exceeded: bool,
 }
 
 impl Limiter {
-    /// A limiter capping linear memory at `memory_bytes`.
-    pub fn new(memory_bytes: usize) -> Limiter {
+    /// A limiter capping linear memory at `memory_bytes` and each table at
+    /// `table_elements`.
+    pub fn new(memory_bytes: usize, table_elements: usize) -> Limiter {
         Limiter {
             limits: wasmtime::StoreLimitsBuilder::new()
                 .memory_size(memory_bytes)
+                .table_elements(table_elements)
                 .build(),
             exceeded: false,
+            table_exceeded: false,
         }
     }
 }
@@ -62,8 +70,25 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.limits.table_growing(current, desired, maximum)
+        let allowed = self.limits.table_growing(current, desired, maximum)?;
+        if !allowed {
+            self.table_exceeded = true;
+        }
+        Ok(allowed)
     }
+}
+
+/// Bounds on what one plugin may do to a session through the host
+/// interface (from its `NAME.toml`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HostLimits {
+    /// Keys a session's store may hold after a plugin's `set`.
+    pub store_keys: usize,
+    /// Bytes (keys + values) a session's store may hold after a plugin's
+    /// `set`.
+    pub store_bytes: usize,
+    /// `send-*` calls one hook call may make.
+    pub sends_per_call: u32,
 }
 
 /// The data of one instance's `Store`.
@@ -76,8 +101,25 @@ pub struct InstanceState {
     pub(crate) current: Option<Session>,
     /// The WASI context: empty unless the configuration grants capabilities.
     pub(crate) wasi: WasiCtx,
-    /// Memory cap.
+    /// Memory and table caps.
     pub(crate) limiter: Limiter,
+    /// The time budget account of the call in progress.
+    pub(crate) meter: Arc<CallMeter>,
+    /// The guest's stdout and stderr.
+    pub(crate) output: GuestOutput,
+    /// Bounds on the host interface.
+    pub(crate) limits: HostLimits,
+    /// `send-*` calls made in the call in progress.
+    pub(crate) sends: u32,
+    /// The bound the guest ran into in this call, if any (the call then
+    /// traps and fails with [`HookError::Limit`](crate::extension::HookError::Limit)).
+    pub(crate) limit_hit: Option<String>,
+}
+
+impl Metered for InstanceState {
+    fn meter(&self) -> &CallMeter {
+        &self.meter
+    }
 }
 
 impl WasiView for InstanceState {
@@ -96,6 +138,26 @@ impl InstanceState {
         self.current
             .as_ref()
             .ok_or_else(|| wasmtime::format_err!("session handle used outside of a hook call"))
+    }
+
+    /// Records that the guest ran into a bound and returns the trap that
+    /// ends its call.
+    fn limit(&mut self, what: String) -> wasmtime::Error {
+        let err = wasmtime::format_err!("{what}");
+        self.limit_hit = Some(what);
+        err
+    }
+
+    /// Counts one `send-*` against the per-call bound.
+    fn count_send(&mut self) -> wasmtime::Result<()> {
+        self.sends += 1;
+        if self.sends > self.limits.sends_per_call {
+            let max = self.limits.sends_per_call;
+            return Err(self.limit(format!(
+                "more than sends_per_call = {max} session sends in one call"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -155,8 +217,11 @@ impl host::HostSession for InstanceState {
         key: String,
         value: String,
     ) -> wasmtime::Result<()> {
-        self.session(&this)?.set(key, value);
-        Ok(())
+        let limits = self.limits;
+        let written =
+            self.session(&this)?
+                .set_within(key, value, limits.store_keys, limits.store_bytes);
+        written.map_err(|full| self.limit(full))
     }
 
     fn remove(
@@ -168,17 +233,20 @@ impl host::HostSession for InstanceState {
     }
 
     fn send_utf8(&mut self, this: Resource<SessionSlot>, text: String) -> wasmtime::Result<()> {
+        self.count_send()?;
         // The delivery receipt is not awaited: the plugin cannot wait.
         drop(self.session(&this)?.send_utf8(text));
         Ok(())
     }
 
     fn send_binary(&mut self, this: Resource<SessionSlot>, data: Vec<u8>) -> wasmtime::Result<()> {
+        self.count_send()?;
         drop(self.session(&this)?.send_binary(data));
         Ok(())
     }
 
     fn send_error(&mut self, this: Resource<SessionSlot>, text: String) -> wasmtime::Result<()> {
+        self.count_send()?;
         drop(self.session(&this)?.send_error(text));
         Ok(())
     }

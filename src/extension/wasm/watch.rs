@@ -13,8 +13,19 @@
 //! waiting until a file's size, mtime and inode have been stable for a
 //! settle time before reading it, re-checking after reading, and letting a
 //! later change retry a failed load. A version that fails to compile,
-//! link, instantiate or register is never swapped in: the old version
-//! keeps serving and the error is kept for the admin view.
+//! link, instantiate, register or pass its trial (one call of each
+//! declared hook) is never swapped in: the old version keeps serving and
+//! the error is kept for the admin view.
+//!
+//! A version that replaced another is on probation for
+//! [`DirOptions::probation`]: the replaced version stays compiled and
+//! instantiated meanwhile. If the new version fails on at least
+//! [`ROLLBACK_SESSIONS`](super::ROLLBACK_SESSIONS) sessions with failures
+//! outnumbering successes, the folder swaps the previous version back in
+//! (no message is lost: calls in flight finish on the version they
+//! started with), logs the reason, counts it in
+//! `camp_plugin_rollbacks_total` and shows it in the admin view; the bad
+//! file is not loaded again until it changes.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -29,7 +40,8 @@ use notify::{RecursiveMode, Watcher};
 use super::cache::content_hash;
 use super::config::PluginConfig;
 use super::host::{HostError, LoadTimings, PluginHost};
-use crate::extension::Pipeline;
+use super::plugin::{Probation, WasmPlugin};
+use crate::extension::{Extension, Pipeline};
 
 /// Timing knobs of a watched folder.
 #[derive(Debug, Clone)]
@@ -42,6 +54,9 @@ pub struct DirOptions {
     pub settle: Duration,
     /// Interval of the safety-net scan.
     pub rescan_interval: Duration,
+    /// How long a version that replaced another stays on probation (the
+    /// previous version kept ready for a rollback).
+    pub probation: Duration,
 }
 
 impl Default for DirOptions {
@@ -50,6 +65,7 @@ impl Default for DirOptions {
             debounce: Duration::from_millis(50),
             settle: Duration::from_millis(100),
             rescan_interval: Duration::from_secs(2),
+            probation: Duration::from_secs(10),
         }
     }
 }
@@ -107,6 +123,15 @@ pub struct PluginStatus {
     pub loads: u64,
     /// Failed loads so far.
     pub load_errors: u64,
+    /// Versions rolled back after failing on probation.
+    pub rollbacks: u64,
+    /// Whether the serving version is on probation (the previous one ready).
+    pub on_probation: bool,
+    /// Sessions for which the serving version is failing or backing off.
+    pub failing_sessions: usize,
+    /// Bytes of guest stdout/stderr dropped over `output_bytes_per_call`
+    /// by the serving version.
+    pub output_dropped_bytes: u64,
 }
 
 /// What one scan did.
@@ -186,8 +211,33 @@ struct Tracked {
     seen: Option<(Fingerprint, Instant)>,
     /// The config text of the loaded version (to skip no-op reloads).
     loaded_config: Option<String>,
+    /// The version serving now.
+    serving: Option<Arc<WasmPlugin>>,
+    /// The version it replaced, kept until the probation ends.
+    previous: Option<Previous>,
     /// Admin view.
     status: PluginStatus,
+}
+
+/// A replaced version kept ready for a rollback.
+struct Previous {
+    /// The version.
+    plugin: Arc<WasmPlugin>,
+    /// Its admin view.
+    version: LoadedVersion,
+    /// Its configuration text.
+    config_text: Option<String>,
+    /// When the probation of its replacement ends.
+    until: Instant,
+}
+
+impl Tracked {
+    /// Retires the kept previous version, if any.
+    fn drop_previous(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            previous.plugin.unregistered();
+        }
+    }
 }
 
 /// Shared state of a folder.
@@ -295,8 +345,24 @@ impl PluginDir {
     pub fn status(&self) -> Vec<PluginStatus> {
         lock(&self.inner.state)
             .values()
-            .map(|t| t.status.clone())
+            .map(|t| {
+                let mut status = t.status.clone();
+                if let Some(serving) = &t.serving {
+                    status.on_probation = t.previous.is_some();
+                    status.failing_sessions = serving.failing_sessions();
+                    status.output_dropped_bytes = serving.output_dropped_bytes();
+                }
+                status
+            })
             .collect()
+    }
+
+    /// Decides the probation of every replaced plugin now (the watcher does
+    /// this on its own every 100 ms): rolls back a failing replacement,
+    /// releases the previous version of one whose probation ended. Returns
+    /// the names rolled back.
+    pub fn check_probation(&self) -> Vec<String> {
+        self.inner.check_probation()
     }
 
     /// Starts following the folder: a `notify` watcher plus a periodic
@@ -352,7 +418,8 @@ impl PluginDir {
     pub fn unload_all(&self) {
         self.stop();
         let mut state = lock(&self.inner.state);
-        for (name, tracked) in std::mem::take(&mut *state) {
+        for (name, mut tracked) in std::mem::take(&mut *state) {
+            tracked.drop_previous();
             if tracked.status.loaded.is_some() {
                 self.inner.pipeline.unregister(&name);
             }
@@ -374,7 +441,10 @@ impl DirInner {
         let mut due: Option<Instant> = None;
         loop {
             let now = Instant::now();
-            let wake = due.map_or(next_periodic, |d| d.min(next_periodic));
+            let mut wake = due.map_or(next_periodic, |d| d.min(next_periodic));
+            if self.check_probation_due() {
+                wake = wake.min(now + PROBATION_POLL);
+            }
             match rx.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(WatchMsg::Changed) => {
                     // Debounce: push the scan back while events keep coming.
@@ -384,6 +454,7 @@ impl DirInner {
                 Ok(WatchMsg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
+            self.check_probation();
             let now = Instant::now();
             let periodic = now >= next_periodic;
             if due.is_some_and(|d| now >= d) || periodic {
@@ -394,6 +465,54 @@ impl DirInner {
                 }
             }
         }
+    }
+
+    /// Whether some plugin is on probation.
+    fn check_probation_due(&self) -> bool {
+        lock(&self.state).values().any(|t| t.previous.is_some())
+    }
+
+    /// See [`PluginDir::check_probation`].
+    fn check_probation(&self) -> Vec<String> {
+        let mut state = lock(&self.state);
+        let mut rolled_back = Vec::new();
+        for (name, tracked) in state.iter_mut() {
+            let (Some(serving), Some(previous)) = (&tracked.serving, &tracked.previous) else {
+                continue;
+            };
+            match serving.probation() {
+                Probation::Failed(why) => {
+                    let previous = tracked.previous.take().expect("checked");
+                    let bad = tracked
+                        .serving
+                        .replace(previous.plugin.clone())
+                        .expect("checked");
+                    self.pipeline
+                        .swap(previous.plugin, previous.version.config.order);
+                    bad.end_probation();
+                    bad.unregistered();
+                    let message = format!(
+                        "version {} rolled back to {}: {why}",
+                        &bad.meta().hash[..12],
+                        &previous.version.hash[..12]
+                    );
+                    tracing::error!(plugin = %name, file = %tracked.status.file.display(), "{message}");
+                    tracked.loaded_config = previous.config_text;
+                    tracked.status.loaded = Some(previous.version);
+                    tracked.status.rollbacks += 1;
+                    tracked.status.last_error = Some(message);
+                    tracked.status.last_error_at = Some(SystemTime::now());
+                    rolled_back.push(name.clone());
+                }
+                _ if Instant::now() >= previous.until => {
+                    serving.end_probation();
+                    tracked.drop_previous();
+                    tracing::info!(plugin = %name, "probation passed; previous version retired");
+                }
+                _ => {}
+            }
+        }
+        rolled_back
     }
 
     /// Lists the folder's plugin files by name.
@@ -435,6 +554,8 @@ impl DirInner {
                 attempted: None,
                 seen: None,
                 loaded_config: None,
+                serving: None,
+                previous: None,
                 status: PluginStatus {
                     name: name.clone(),
                     file: path.clone(),
@@ -443,6 +564,10 @@ impl DirInner {
                     last_error_at: None,
                     loads: 0,
                     load_errors: 0,
+                    rollbacks: 0,
+                    on_probation: false,
+                    failing_sessions: 0,
+                    output_dropped_bytes: 0,
                 },
             });
             if tracked.attempted == Some(print) {
@@ -477,7 +602,8 @@ impl DirInner {
             .cloned()
             .collect();
         for name in gone {
-            let tracked = state.remove(&name).expect("listed");
+            let mut tracked = state.remove(&name).expect("listed");
+            tracked.drop_previous();
             if tracked.status.loaded.is_some() && self.pipeline.unregister(&name).is_some() {
                 tracing::info!(plugin = %name, file = %tracked.status.file.display(), "plugin unloaded: file removed");
                 report.unloaded.push(name);
@@ -516,7 +642,30 @@ impl DirInner {
         match result {
             Ok((plugin, timings)) => {
                 let meta = plugin.meta().clone();
-                let replaced = self.pipeline.upsert(plugin, meta.config.order).is_some();
+                // The replaced version stays ready until the new one has
+                // passed its probation.
+                let replaced = self.pipeline.swap(plugin.clone(), meta.config.order);
+                tracked.drop_previous();
+                let old = tracked.serving.replace(plugin.clone());
+                let replaced = match (replaced, old, tracked.status.loaded.take()) {
+                    (Some(_), Some(old), Some(version)) => {
+                        plugin.start_probation();
+                        tracked.previous = Some(Previous {
+                            plugin: old,
+                            version,
+                            config_text: tracked.loaded_config.take(),
+                            until: Instant::now() + self.options.probation,
+                        });
+                        true
+                    }
+                    (replaced, _, _) => {
+                        // Not ours (registered by someone else): retire it.
+                        if let Some(replaced) = replaced {
+                            replaced.unregistered();
+                        }
+                        false
+                    }
+                };
                 tracing::info!(
                     plugin = name,
                     file = %path.display(),
@@ -556,6 +705,9 @@ impl DirInner {
         }
     }
 }
+
+/// How often the watcher decides probations while one is open.
+const PROBATION_POLL: Duration = Duration::from_millis(100);
 
 /// Outcome of one plugin's reload attempt.
 enum Reload {

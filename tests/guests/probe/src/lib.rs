@@ -8,7 +8,12 @@
 //! - `stamp`: if true, appends `|` and the 10-digit version stamp compiled
 //!   into the binary (tests patch it to make distinct versions);
 //! - `drop_marker`: drop messages containing it;
-//! - `refuse`: `on-register` fails with this message.
+//! - `refuse`: `on-register` fails with this message;
+//! - `trap_always`: if true, every message hook call (all six hooks) panics
+//!   with `probe: trap_always`;
+//! - `trap_nonempty`: if true, every message hook call whose payload is not
+//!   empty panics with `probe: trap_nonempty` — a version that passes the
+//!   host's empty-payload trial but fails on real traffic.
 //!
 //! Markers in a UTF-8/error message trigger behaviours regardless of the
 //! config: `LOOP` (spin forever), `HOG` (allocate until memory runs out),
@@ -17,10 +22,20 @@
 //! `reply:<text>` on the session and drop), `CLOSE` (close the session),
 //! `SET:k=v` / `GET:k` (session store), `ENV:NAME` (replace with the
 //! environment variable or `<unset>`), `READ:path` (replace with the file's
-//! contents or `<error>`), `NOW` (replace with the clocks), `LOG` (log).
+//! contents or `<error>`), `NOW` (replace with the clocks), `LOG` (log),
+//! `PRINT` (write `probe stdout: <text>` to stdout and `probe stderr:
+//! <text>` to stderr, then go on as if no marker matched), `SLEEP:<ms>`
+//! (sleep, a WASI monotonic-clock poll, then go on normally), `BURN:<ms>`
+//! (busy-loop until `monotonic_ms()` advanced by `<ms>`, then go on
+//! normally), `STOREFLOOD` (write 1000 session-store values of 1 MiB, then
+//! replace with `flooded`; the host's store limit should trap it first),
+//! `SENDFLOOD:<n>` (`send_utf8("flood")` n times, then drop). `<ms>` and
+//! `<n>` are the decimal digits right after the colon; none or too many
+//! count as 0.
 
 use std::cell::RefCell;
 use std::hint::black_box;
+use std::time::Duration;
 
 use camp_plugin::{Action, HookSet, Level, Payload, Plugin, Session, log, monotonic_ms, now_ms};
 use serde::Deserialize;
@@ -47,6 +62,12 @@ struct Config {
     drop_marker: Option<String>,
     /// Refuse to register with this message.
     refuse: Option<String>,
+    /// Panic in every message hook call.
+    #[serde(default)]
+    trap_always: bool,
+    /// Panic in every message hook call with a non-empty payload.
+    #[serde(default)]
+    trap_nonempty: bool,
 }
 
 thread_local! {
@@ -78,8 +99,52 @@ fn hog() -> ! {
     }
 }
 
+/// The number made of the decimal digits at the start of `s`; 0 if there
+/// are none or it overflows.
+fn leading_number(s: &str) -> u64 {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    s[..end].parse().unwrap_or(0)
+}
+
+/// Busy-loops (never sleeps) until the host's monotonic clock advanced by
+/// `ms` milliseconds.
+fn burn(ms: u64) {
+    let start = monotonic_ms();
+    let mut i: u64 = 0;
+    while monotonic_ms().saturating_sub(start) < ms {
+        for _ in 0..1000 {
+            i = black_box(i.wrapping_add(1));
+        }
+    }
+    black_box(i);
+}
+
+/// Panics if the configuration says this message hook call must trap.
+fn maybe_trap(payload_empty: bool) {
+    let (always, nonempty) = CONFIG.with(|c| {
+        let c = c.borrow();
+        (c.trap_always, c.trap_nonempty)
+    });
+    if always {
+        panic!("probe: trap_always");
+    }
+    if nonempty && !payload_empty {
+        panic!("probe: trap_nonempty");
+    }
+}
+
 /// The behaviours triggered by markers in text; `None` = go on normally.
 fn markers(session: &Session, text: &str, error_kind: bool) -> Option<Action> {
+    if text.contains("PRINT") {
+        println!("probe stdout: {text}");
+        eprintln!("probe stderr: {text}");
+    }
+    if let Some(rest) = text.strip_prefix("SLEEP:") {
+        std::thread::sleep(Duration::from_millis(leading_number(rest)));
+    }
+    if let Some(rest) = text.strip_prefix("BURN:") {
+        burn(leading_number(rest));
+    }
     if text.contains("LOOP") {
         spin();
     }
@@ -106,6 +171,23 @@ fn markers(session: &Session, text: &str, error_kind: bool) -> Option<Action> {
     }
     if text.contains("CLOSE") {
         session.close("probe closed it");
+        return Some(Action::Drop);
+    }
+    if text.contains("STOREFLOOD") {
+        let value = "v".repeat(1 << 20);
+        for i in 0..1000 {
+            session.set(&format!("flood{i}"), &value);
+        }
+        return Some(Action::Replace(if error_kind {
+            Payload::Error("flooded".into())
+        } else {
+            Payload::Utf8("flooded".into())
+        }));
+    }
+    if let Some(rest) = text.strip_prefix("SENDFLOOD:") {
+        for _ in 0..leading_number(rest) {
+            session.send_utf8("flood");
+        }
         return Some(Action::Drop);
     }
     let wrap = |s: String| {
@@ -147,6 +229,7 @@ fn markers(session: &Session, text: &str, error_kind: bool) -> Option<Action> {
 
 /// A text hook (UTF-8 or error).
 fn text_hook(session: &Session, mut text: String, error_kind: bool) -> Action {
+    maybe_trap(text.is_empty());
     if let Some(action) = markers(session, &text, error_kind) {
         return action;
     }
@@ -176,6 +259,7 @@ fn text_hook(session: &Session, mut text: String, error_kind: bool) -> Action {
 
 /// A binary hook.
 fn binary_hook(mut data: Vec<u8>) -> Action {
+    maybe_trap(data.is_empty());
     CONFIG.with(|c| {
         let c = c.borrow();
         if let Some(m) = &c.drop_marker

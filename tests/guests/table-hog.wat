@@ -19,7 +19,9 @@
 ;;   on-register       -> ok
 ;;   on-unregister, session-opened, session-closed -> nothing
 ;;   before-send-*, on-receive-binary, on-receive-error -> action::pass
-;;   on-receive-utf8   -> grows a funcref table by 1,000,000 elements at a
+;;   on-receive-utf8   -> passes an empty message (so it passes the host's
+;;                        trial of each declared hook); on any other text
+;;                        grows a funcref table by 1,000,000 elements at a
 ;;                        time until `table.grow` returns -1 (the host's
 ;;                        resource limiter refused the growth), then traps
 ;;                        with `unreachable`. This tests the host's table cap.
@@ -161,8 +163,11 @@
     (export "on-receive-binary" (func $pass))
     (export "on-receive-error" (func $pass))
 
-    ;; The hog: grow the table until the host refuses, then trap.
-    (func (export "on-receive-utf8") (param $session i32) (param i32 i32) (result i32)
+    ;; The hog: grow the table until the host refuses, then trap (an
+    ;; empty message passes).
+    (func (export "on-receive-utf8") (param $session i32) (param $ptr i32) (param $len i32) (result i32)
+      (if (i32.eqz (local.get $len))
+        (then (return (call $pass (local.get $session) (local.get $ptr) (local.get $len)))))
       (call $drop-session (local.get $session))
       (loop $again
         (br_if $again

@@ -52,10 +52,9 @@ impl Extension for NativeCopy {
 
 /// Awaits `iters` calls of `call` on one copy of `message`, inside one
 /// task (as a session's task awaits its hooks), and returns the time taken.
-async fn timed<'m, F, R>(iters: u64, message: &Message, mut call: F) -> Duration
+async fn timed<F, R>(iters: u64, message: &Message, mut call: F) -> Duration
 where
-    F: FnMut(&mut Message) -> R,
-    R: std::future::Future,
+    F: AsyncFnMut(&mut Message) -> R,
 {
     let mut msg = message.clone();
     let started = Instant::now();
@@ -103,8 +102,9 @@ fn hooks(c: &mut Criterion) {
             for (name, ext) in &extensions {
                 group.bench_with_input(BenchmarkId::new(*name, label), &size, |b, _| {
                     b.iter_custom(|iters| {
-                        runtime
-                            .block_on(timed(iters, &message, |msg| ext.call(hook, &session, msg)))
+                        runtime.block_on(timed(iters, &message, async |msg| {
+                            ext.call(hook, &session, msg).await
+                        }))
                     })
                 });
             }
@@ -119,8 +119,8 @@ fn hooks(c: &mut Criterion) {
         let message = Message::Utf8("x".repeat(64));
         group.bench_function(*name, |b| {
             b.iter_custom(|iters| {
-                runtime.block_on(timed(iters, &message, |msg| {
-                    pipeline.run(Hook::OnReceiveUtf8, &session, msg)
+                runtime.block_on(timed(iters, &message, async |msg| {
+                    pipeline.run(Hook::OnReceiveUtf8, &session, msg).await
                 }))
             })
         });

@@ -17,6 +17,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use crate::extension::ExtensionStats;
 use crate::extension::wasm::{PluginDir, PluginStatus};
 use crate::metrics::family;
 use crate::server::Server;
@@ -210,6 +211,11 @@ pub fn admin_view(server: &Server, report: Option<&dyn AdminReport>) -> Value {
                 "calls": e.stats.calls.load(Relaxed),
                 "drops": e.stats.drops.load(Relaxed),
                 "failures": e.stats.failure_count(),
+                "failures_by_kind": ExtensionStats::FAILURE_KINDS
+                    .iter()
+                    .zip(&e.stats.failures)
+                    .map(|(kind, n)| (kind.to_string(), json!(n.load(Relaxed))))
+                    .collect::<serde_json::Map<_, _>>(),
                 "last_error": e.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             })
         })

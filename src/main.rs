@@ -124,6 +124,8 @@ async fn main() -> anyhow::Result<()> {
     // Logs on stderr; stdout carries only the announced addresses.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only on a terminal: log files and journals get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 

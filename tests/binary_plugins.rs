@@ -137,3 +137,139 @@ async fn binary_runs_the_example_pipeline_and_hot_reloads_it() {
     assert_eq!(reply(&mut events).await.unwrap(), "still here");
     assert!(!client.is_closed());
 }
+
+/// The server's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(env!("CAMP_GUEST_PROBE"), dir.path().join("probe.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("probe.toml"),
+        "order = 1\nmemory_limit_bytes = 16777216\nconfig = '{\"hooks\":[\"on-receive-utf8\"]}'\n",
+    )
+    .unwrap();
+    // A component in text form, as wasmtime accepts it; it traps on every
+    // non-empty message (fail-open: the message passes).
+    std::fs::write(
+        dir.path().join("table-hog.toml"),
+        "order = 2\nfailure_policy = \"fail-open\"\n",
+    )
+    .unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guests/table-hog.wat"),
+        dir.path().join("table-hog.wasm"),
+    )
+    .unwrap();
+    let log_path = dir.path().join("server.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_camp-server"))
+        .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
+        .args(["--token", "secret", "--log", "warn", "--plugins"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut url, mut admin) = (String::new(), String::new());
+    while url.is_empty() {
+        let line = lines.next_line().await.unwrap().expect("announced");
+        if let Some(at) = line.find("http://") {
+            admin = line[at + 7..].trim_end_matches('/').to_string();
+        } else if let Some(at) = line.find("ws://") {
+            url = line[at..].to_string();
+        }
+    }
+    let pid = child.id().unwrap();
+    let (warm, mut warm_events) = Client::new(&url, "secret").sid(1).connect().await.unwrap();
+    warm.send_utf8("");
+    reply(&mut warm_events).await;
+    let before = rss_kib(pid);
+
+    // 20 sessions, each: a 1 GiB session-store flood, 100,000 sends in one
+    // call, a memory hog (the probe, fail-closed: dropped) and three table
+    // hogs (table-hog, fail-open: echoed). A good message between keeps the
+    // probe from backing off for the session.
+    let mut tasks = Vec::new();
+    for sid in 0..20u64 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let (client, mut events) = Client::new(&url, "secret")
+                .sid(100 + sid)
+                .connect()
+                .await
+                .unwrap();
+            for attack in ["STOREFLOOD", "SENDFLOOD:100000", "mid", "HOG", "grow"] {
+                client.send_utf8(attack);
+            }
+            client.send_utf8(format!("ok {sid}"));
+            for echo in ["mid".to_string(), "grow".into(), format!("ok {sid}")] {
+                assert_eq!(reply(&mut events).await.unwrap(), echo);
+            }
+            client
+        }));
+    }
+    let mut clients = Vec::new();
+    for task in tasks {
+        clients.push(task.await.unwrap());
+    }
+    let after = rss_kib(pid);
+    let grown_mib = after.saturating_sub(before) / 1024;
+    eprintln!(
+        "server RSS {} MiB -> {} MiB after the floods",
+        before / 1024,
+        after / 1024
+    );
+    // Documented bound (plugins/README.md): per instance the memory cap
+    // (16 MiB here) plus 1.6 MB of table, at most 16 instances of each of
+    // the two plugins, 64 KiB of session store per session. Unbounded, the
+    // store flood alone added 515 MiB.
+    assert!(grown_mib < 2 * 16 * 18 + 20, "RSS grew by {grown_mib} MiB");
+
+    let metrics = admin_get(&admin, "/metrics").await;
+    for needle in [
+        "camp_extension_failures_total{extension=\"probe\",kind=\"limit\"} 40",
+        "camp_extension_failures_total{extension=\"probe\",kind=\"memory\"} 20",
+        "camp_extension_failures_total{extension=\"table-hog\",kind=\"limit\"} 60",
+        "camp_sessions_open 21",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in:\n{metrics}");
+    }
+    let view: serde_json::Value = serde_json::from_str(&admin_get(&admin, "/admin").await).unwrap();
+    let probe = view["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "probe")
+        .unwrap()
+        .clone();
+    assert!(probe.to_string().contains("limit"), "{probe}");
+    drop(clients);
+    drop(warm);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for needle in [
+        "session_store_bytes = 65536",
+        "sends_per_call = 16",
+        "max_table_elements = 200000",
+        "exceeded its memory limit",
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not logged:\n{log}"));
+        assert!(
+            line.contains("session=1") && (line.contains("probe") || line.contains("table-hog")),
+            "{line}"
+        );
+    }
+}

@@ -306,10 +306,13 @@ async fn receive_writes_the_stream_to_a_file() {
     let sent = content.clone();
     tokio::spawn(async move {
         while let Some((session, mut events)) = incoming.next().await {
-            session.send_utf8("here it comes");
-            let options = StreamOptions::push("report.bin").size(sent.len() as u64);
-            let transfer = session.stream(std::io::Cursor::new(sent.clone()), options);
+            let sent = sent.clone();
             tokio::spawn(async move {
+                // The text first (acknowledged), then the stream: the
+                // client may exit as soon as the stream is complete.
+                let _ = session.send_utf8("here it comes").acked().await;
+                let options = StreamOptions::push("report.bin").size(sent.len() as u64);
+                let transfer = session.stream(std::io::Cursor::new(sent), options);
                 let _ = transfer.await;
                 while events.next().await.is_some() {}
             });

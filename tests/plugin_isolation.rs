@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use camp_server::client::Client;
 use camp_server::extension::wasm::{InstanceError, LoadError};
-use camp_server::extension::{Hook, HookError, Message, Pipeline, Verdict};
+use camp_server::extension::{Extension, Hook, HookError, Message, Pipeline, Verdict};
 use camp_server::server::Server;
 use camp_server::session::{Session, SessionEvent, SessionEvents};
 use common::{TOKEN, TestServer};
@@ -300,7 +300,7 @@ async fn a_slow_hook_delays_only_its_own_session() {
 
 #[test]
 fn every_bound_fails_the_call_and_names_its_key_and_the_session() {
-    let (session, _outbox) = Session::detached(31);
+    let (session, mut outbox) = Session::detached(31);
     let probe = probe(
         "bounded",
         "{}",
@@ -321,6 +321,7 @@ fn every_bound_fails_the_call_and_names_its_key_and_the_session() {
             other => panic!("{input}: {other:?}"),
         }
         assert_eq!(out, Message::Utf8(input.into()), "unchanged on failure");
+        assert_eq!(outbox.try_recv(), None, "a failed call sends nothing");
     }
     assert!(
         session.get("flood0").is_none(),
@@ -499,4 +500,46 @@ async fn a_version_that_fails_on_real_traffic_is_rolled_back_without_losing_a_me
     assert!(log.text().contains("rolled back to"));
     plugins.stop();
     server.shutdown().await;
+}
+
+#[test]
+fn plugins_are_notified_of_sessions_only_when_they_declare_it() {
+    let quiet = probe("quiet", r#"{"hooks":["on-receive-utf8"]}"#, "");
+    let (session, _outbox) = Session::detached(41);
+    block_on(quiet.session_opened(&session));
+    block_on(quiet.session_closed(&session));
+    assert_eq!(
+        session.get("probe.opened"),
+        None,
+        "not declared, not called"
+    );
+    assert_eq!(session.get("probe.closed"), None);
+    assert!(!quiet.meta().session_opened && !quiet.meta().session_closed);
+    assert_eq!(quiet.meta().wit_version, "0.2.0");
+
+    let listening = probe(
+        "listening",
+        r#"{"hooks":["on-receive-utf8","session-opened"]}"#,
+        "",
+    );
+    block_on(listening.session_opened(&session));
+    block_on(listening.session_closed(&session));
+    assert_eq!(session.get("probe.opened").as_deref(), Some("yes"));
+    assert_eq!(session.get("probe.closed"), None, "only what it declared");
+
+    // A plugin built against camp:extension@0.1.0 still loads; it cannot
+    // declare notifications, so it gets both, as it always did.
+    let old = host()
+        .load("table-hog", &std::fs::read(TABLE_HOG).unwrap(), config(""))
+        .expect("a 0.1.0 plugin loads")
+        .0;
+    assert_eq!(old.meta().wit_version, "0.1.0");
+    assert!(old.meta().session_opened && old.meta().session_closed);
+    let (result, _) = call(
+        &*old,
+        Hook::OnReceiveUtf8,
+        &session,
+        Message::Utf8(String::new()),
+    );
+    assert_eq!(result, Ok(Verdict::Pass));
 }

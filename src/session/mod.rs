@@ -335,7 +335,9 @@ impl Session {
         self.shared.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn send(&self, message: Message) -> Delivery {
+    /// Sends a message of any kind (through the outbound extension
+    /// pipeline).
+    pub fn send_message(&self, message: Message) -> Delivery {
         let (tx, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError(Command::Send(_, Some(tx)))) =
             self.shared.commands.send(Command::Send(message, Some(tx)))
@@ -347,17 +349,17 @@ impl Session {
 
     /// Sends a UTF-8 message (through the outbound extension pipeline).
     pub fn send_utf8(&self, text: impl Into<String>) -> Delivery {
-        self.send(Message::Utf8(text.into()))
+        self.send_message(Message::Utf8(text.into()))
     }
 
     /// Sends a binary message (through the outbound extension pipeline).
     pub fn send_binary(&self, bytes: impl Into<Vec<u8>>) -> Delivery {
-        self.send(Message::Binary(bytes.into()))
+        self.send_message(Message::Binary(bytes.into()))
     }
 
     /// Sends an ERROR frame (through the outbound extension pipeline).
     pub fn send_error(&self, message: impl Into<String>) -> Delivery {
-        self.send(Message::Error(message.into()))
+        self.send_message(Message::Error(message.into()))
     }
 
     /// Sends a CAMP PING; the peer answers PONG.

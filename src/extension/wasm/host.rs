@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-use super::bindings::{Plugin as Bindings, PluginPre};
+use super::bindings::{latest, v0_1};
 use super::budget::TICK;
 use super::cache::{ArtifactCache, CacheOutcome, content_hash};
 use super::config::{ConfigError, PluginConfig};
-use super::plugin::{InstanceError, WasmPlugin};
+use super::plugin::{InstanceError, PluginPre, WasmPlugin};
 use super::state::InstanceState;
 
 /// Why the plugin host could not start.
@@ -151,7 +151,11 @@ impl PluginHost {
         // write to stdout) suspends its call instead of blocking a thread.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
-        Bindings::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)
+        // Every WIT version the host accepts (see the WIT's compatibility
+        // rule): each registers its own `camp:extension/*@version`.
+        latest::Plugin::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)
+            .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        v0_1::Plugin::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let cache = ArtifactCache::new(&engine, options.cache_dir.clone()).map_err(|source| {
             HostError::Cache {
@@ -228,7 +232,12 @@ impl PluginHost {
             .shared
             .linker
             .instantiate_pre(&component)
-            .and_then(PluginPre::new)
+            .and_then(|pre| match latest::PluginPre::new(pre.clone()) {
+                Ok(latest) => Ok(PluginPre::Latest(latest)),
+                Err(latest_error) => v0_1::PluginPre::new(pre)
+                    .map(PluginPre::V0_1)
+                    .map_err(|_| latest_error),
+            })
             .map_err(|e| LoadError::World {
                 name: name.to_string(),
                 message: format!("{e:#}"),

@@ -32,8 +32,8 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::bindings::camp::extension::types::{Action, HookSet as WitHookSet, Payload};
-use super::bindings::{Plugin as Bindings, PluginPre};
+use super::bindings::latest::camp::extension::types::{Action, HookSet as WitHookSet, Payload};
+use super::bindings::{latest, v0_1};
 use super::budget;
 use super::config::PluginConfig;
 use super::output::GuestOutput;
@@ -94,6 +94,72 @@ pub enum InstanceError {
         /// What happened.
         error: HookError,
     },
+}
+
+/// A pre-linked component, for the WIT version it was built against.
+pub(crate) enum PluginPre {
+    /// `camp:extension@0.2.0`.
+    Latest(latest::PluginPre<InstanceState>),
+    /// `camp:extension@0.1.0`.
+    V0_1(v0_1::PluginPre<InstanceState>),
+}
+
+impl PluginPre {
+    /// The WIT package version.
+    fn version(&self) -> &'static str {
+        match self {
+            PluginPre::Latest(_) => "0.2.0",
+            PluginPre::V0_1(_) => "0.1.0",
+        }
+    }
+
+    /// Instantiates into `store` (async: start functions may run).
+    async fn instantiate(&self, store: &mut Store<InstanceState>) -> wasmtime::Result<Bindings> {
+        Ok(match self {
+            PluginPre::Latest(pre) => Bindings::Latest(pre.instantiate_async(store).await?),
+            PluginPre::V0_1(pre) => Bindings::V0_1(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+/// The typed exports of an instance, for its WIT version.
+enum Bindings {
+    /// `camp:extension@0.2.0`.
+    Latest(latest::Plugin),
+    /// `camp:extension@0.1.0`.
+    V0_1(v0_1::Plugin),
+}
+
+/// A 0.1.0 action in the current types (the variants are the same).
+fn action_from_v0_1(action: v0_1::camp::extension::types::Action) -> Action {
+    use v0_1::camp::extension::types::{Action as A, Payload as P};
+    match action {
+        A::Pass => Action::Pass,
+        A::Drop => Action::Drop,
+        A::Replace(P::Utf8(s)) => Action::Replace(Payload::Utf8(s)),
+        A::Replace(P::Binary(b)) => Action::Replace(Payload::Binary(b)),
+        A::Replace(P::Error(s)) => Action::Replace(Payload::Error(s)),
+    }
+}
+
+/// 0.1.0 hook flags in the current type; a 0.1.0 plugin cannot declare
+/// the session notifications, so it gets both (as it always did).
+fn hooks_from_v0_1(flags: v0_1::camp::extension::types::HookSet) -> WitHookSet {
+    use v0_1::camp::extension::types::HookSet as Old;
+    [
+        (Old::BEFORE_SEND_UTF8, WitHookSet::BEFORE_SEND_UTF8),
+        (Old::BEFORE_SEND_BINARY, WitHookSet::BEFORE_SEND_BINARY),
+        (Old::BEFORE_SEND_ERROR, WitHookSet::BEFORE_SEND_ERROR),
+        (Old::ON_RECEIVE_UTF8, WitHookSet::ON_RECEIVE_UTF8),
+        (Old::ON_RECEIVE_BINARY, WitHookSet::ON_RECEIVE_BINARY),
+        (Old::ON_RECEIVE_ERROR, WitHookSet::ON_RECEIVE_ERROR),
+    ]
+    .into_iter()
+    .filter(|(old, _)| flags.contains(*old))
+    .fold(
+        WitHookSet::SESSION_OPENED | WitHookSet::SESSION_CLOSED,
+        |set, (_, new)| set | new,
+    )
 }
 
 /// One instance of the plugin: its store and its exports.
@@ -163,54 +229,69 @@ async fn invoke(
     store: &mut Store<InstanceState>,
     call: &Call<'_>,
 ) -> wasmtime::Result<Reply> {
-    let s = session_handle;
-    Ok(match call {
-        Call::Name => Reply::Name(bindings.call_name(store).await?),
-        Call::Hooks => Reply::Hooks(bindings.call_hooks(store).await?),
-        Call::OnRegister(config) => {
-            Reply::Registered(bindings.call_on_register(store, config).await?)
-        }
-        Call::OnUnregister => {
-            bindings.call_on_unregister(store).await?;
-            Reply::Done
-        }
-        Call::Opened => {
-            bindings.call_session_opened(store, s()).await?;
-            Reply::Done
-        }
-        Call::Closed => {
-            bindings.call_session_closed(store, s()).await?;
-            Reply::Done
-        }
-        Call::Hook(hook, message) => Reply::Action(match (hook, message) {
-            (Hook::BeforeSendUtf8, Message::Utf8(t)) => {
-                bindings.call_before_send_utf8(store, s(), t).await?
-            }
-            (Hook::BeforeSendBinary, Message::Binary(b)) => {
-                bindings.call_before_send_binary(store, s(), b).await?
-            }
-            (Hook::BeforeSendError, Message::Error(t)) => {
-                bindings.call_before_send_error(store, s(), t).await?
-            }
-            (Hook::OnReceiveUtf8, Message::Utf8(t)) => {
-                bindings.call_on_receive_utf8(store, s(), t).await?
-            }
-            (Hook::OnReceiveBinary, Message::Binary(b)) => {
-                bindings.call_on_receive_binary(store, s(), b).await?
-            }
-            (Hook::OnReceiveError, Message::Error(t)) => {
-                bindings.call_on_receive_error(store, s(), t).await?
-            }
-            _ => {
-                return Err(wasmtime::format_err!(
-                    "{} message given to the {} hook",
-                    message.kind(),
-                    hook.name()
-                ));
-            }
-        }),
-    })
+    match bindings {
+        Bindings::Latest(b) => invoke_version!(b, store, call, |a| a, |h| h),
+        Bindings::V0_1(b) => invoke_version!(b, store, call, action_from_v0_1, hooks_from_v0_1),
+    }
 }
+
+/// The body of [`invoke`] for one WIT version's bindings `$b`, with the
+/// conversions of its `action` and `hook-set` into the current types.
+macro_rules! invoke_version {
+    ($b:expr, $store:expr, $call:expr, $action:expr, $hooks:expr) => {{
+        let (bindings, store, call) = ($b, $store, $call);
+        let s = session_handle;
+        let action = $action;
+        let hooks = $hooks;
+        Ok(match call {
+            Call::Name => Reply::Name(bindings.call_name(store).await?),
+            Call::Hooks => Reply::Hooks(hooks(bindings.call_hooks(store).await?)),
+            Call::OnRegister(config) => {
+                Reply::Registered(bindings.call_on_register(store, config).await?)
+            }
+            Call::OnUnregister => {
+                bindings.call_on_unregister(store).await?;
+                Reply::Done
+            }
+            Call::Opened => {
+                bindings.call_session_opened(store, s()).await?;
+                Reply::Done
+            }
+            Call::Closed => {
+                bindings.call_session_closed(store, s()).await?;
+                Reply::Done
+            }
+            Call::Hook(hook, message) => Reply::Action(action(match (hook, message) {
+                (Hook::BeforeSendUtf8, Message::Utf8(t)) => {
+                    bindings.call_before_send_utf8(store, s(), t).await?
+                }
+                (Hook::BeforeSendBinary, Message::Binary(b)) => {
+                    bindings.call_before_send_binary(store, s(), b).await?
+                }
+                (Hook::BeforeSendError, Message::Error(t)) => {
+                    bindings.call_before_send_error(store, s(), t).await?
+                }
+                (Hook::OnReceiveUtf8, Message::Utf8(t)) => {
+                    bindings.call_on_receive_utf8(store, s(), t).await?
+                }
+                (Hook::OnReceiveBinary, Message::Binary(b)) => {
+                    bindings.call_on_receive_binary(store, s(), b).await?
+                }
+                (Hook::OnReceiveError, Message::Error(t)) => {
+                    bindings.call_on_receive_error(store, s(), t).await?
+                }
+                _ => {
+                    return Err(wasmtime::format_err!(
+                        "{} message given to the {} hook",
+                        message.kind(),
+                        hook.name()
+                    ));
+                }
+            })),
+        })
+    }};
+}
+use invoke_version;
 
 /// Failure bookkeeping of one session, for its back-off.
 #[derive(Default)]
@@ -266,8 +347,14 @@ pub struct PluginMeta {
     pub guest_name: String,
     /// SHA-256 of the component bytes.
     pub hash: String,
-    /// The hooks it declared.
+    /// The `camp:extension` version it was built against (`0.2.0`, `0.1.0`).
+    pub wit_version: &'static str,
+    /// The message hooks it declared.
     pub hooks: HookSet,
+    /// Whether it declared `session-opened` (always, for 0.1.0 plugins).
+    pub session_opened: bool,
+    /// Whether it declared `session-closed` (always, for 0.1.0 plugins).
+    pub session_closed: bool,
     /// Its configuration.
     pub config: PluginConfig,
 }
@@ -277,7 +364,7 @@ pub struct WasmPlugin {
     /// Facts fixed at load.
     meta: PluginMeta,
     /// Pre-linked component: instantiating is cheap.
-    pre: PluginPre<InstanceState>,
+    pre: PluginPre,
     /// The engine (for stores).
     engine: Engine,
     /// The plugin name as shared string for store data.
@@ -388,7 +475,7 @@ impl Instance {
     ) -> Result<Reply, HookError> {
         let data = self.store.data_mut();
         data.current = session.cloned();
-        data.sends = 0;
+        data.sends.clear();
         data.limit_hit = None;
         data.limiter.exceeded = false;
         data.limiter.table_exceeded = false;
@@ -403,6 +490,14 @@ impl Instance {
         let data = self.store.data_mut();
         data.current = None;
         data.output.flush(plugin, session.map(Session::id));
+        // What the call sent takes effect only if it succeeded (the
+        // delivery receipts are not awaited: the plugin cannot wait).
+        let sends = std::mem::take(&mut data.sends);
+        if let (Ok(_), Some(session)) = (&result, session) {
+            for message in sends {
+                drop(session.send_message(message));
+            }
+        }
         result.map_err(|e| self.classify(e, config, budget))
     }
 }
@@ -414,7 +509,7 @@ impl WasmPlugin {
     pub(crate) fn new(
         host: Arc<dyn std::any::Any + Send + Sync>,
         engine: Engine,
-        pre: PluginPre<InstanceState>,
+        pre: PluginPre,
         name: String,
         hash: String,
         config: PluginConfig,
@@ -425,7 +520,10 @@ impl WasmPlugin {
                 name: name.clone(),
                 guest_name: String::new(),
                 hash,
+                wit_version: pre.version(),
                 hooks: HookSet::NONE,
+                session_opened: false,
+                session_closed: false,
                 config,
             },
             pre,
@@ -442,18 +540,20 @@ impl WasmPlugin {
             output_dropped: Arc::default(),
             _host: host,
         };
-        let (guest_name, hooks, first) = block_on_guest(plugin.trial())?;
+        let (guest_name, flags, first) = block_on_guest(plugin.trial())?;
         plugin.meta.guest_name = guest_name;
-        plugin.meta.hooks = hooks;
+        plugin.meta.hooks = hook_set(flags);
+        plugin.meta.session_opened = flags.contains(WitHookSet::SESSION_OPENED);
+        plugin.meta.session_closed = flags.contains(WitHookSet::SESSION_CLOSED);
         plugin.live.store(1, Ordering::Relaxed);
         lock(&plugin.idle).push(first);
         Ok(plugin)
     }
 
     /// The trial: instantiate (with `on-register`), `name`, `hooks`, then
-    /// each declared hook and both notifications once against a synthetic
+    /// each declared hook and notification once against a synthetic
     /// session with an empty payload. Returns the instance for the pool.
-    async fn trial(&self) -> Result<(String, HookSet, Instance), InstanceError> {
+    async fn trial(&self) -> Result<(String, WitHookSet, Instance), InstanceError> {
         let mut first = self.instantiate().await?;
         let failed = |call: &'static str| move |error| InstanceError::Call { call, error };
         let guest_name = match self.lifecycle(&mut first, Call::Name).await {
@@ -461,22 +561,29 @@ impl WasmPlugin {
             Ok(_) => unreachable!("name() returns a name"),
             Err(e) => return Err(failed("name")(e)),
         };
-        let hooks = match self.lifecycle(&mut first, Call::Hooks).await {
-            Ok(Reply::Hooks(flags)) => hook_set(flags),
+        let flags = match self.lifecycle(&mut first, Call::Hooks).await {
+            Ok(Reply::Hooks(flags)) => flags,
             Ok(_) => unreachable!("hooks() returns flags"),
             Err(e) => return Err(failed("hooks")(e)),
         };
         let (session, _outbox) = Session::detached(TRIAL_SESSION);
         let config = &self.meta.config;
         let trial = |call: &'static str| move |error| InstanceError::Trial { call, error };
-        for call in [Call::Opened, Call::Closed] {
+        let notifications = [
+            (WitHookSet::SESSION_OPENED, Call::Opened),
+            (WitHookSet::SESSION_CLOSED, Call::Closed),
+        ];
+        for (_, call) in notifications
+            .into_iter()
+            .filter(|(flag, _)| flags.contains(*flag))
+        {
             let name = call.name();
             first
                 .run(&self.name, config, config.deadline(), Some(&session), call)
                 .await
                 .map_err(trial(name))?;
         }
-        for hook in hooks.iter() {
+        for hook in hook_set(flags).iter() {
             let mut message = match hook {
                 Hook::BeforeSendUtf8 | Hook::OnReceiveUtf8 => Message::Utf8(String::new()),
                 Hook::BeforeSendBinary | Hook::OnReceiveBinary => Message::Binary(Vec::new()),
@@ -498,7 +605,7 @@ impl WasmPlugin {
             };
             result.map_err(trial(hook.name()))?;
         }
-        Ok((guest_name, hooks, first))
+        Ok((guest_name, flags, first))
     }
 
     /// Facts about this version.
@@ -604,7 +711,7 @@ impl WasmPlugin {
                 store_bytes: config.session_store_bytes,
                 sends_per_call: config.sends_per_call,
             },
-            sends: 0,
+            sends: Vec::new(),
             limit_hit: None,
         };
         let mut store = Store::new(&self.engine, state);
@@ -614,13 +721,9 @@ impl WasmPlugin {
         // Instantiation runs the component's start functions: same budget
         // as lifecycle calls.
         let meter = store.data().meter.clone();
-        let bindings = budget::run(
-            &meter,
-            LIFECYCLE_DEADLINE,
-            self.pre.instantiate_async(&mut store),
-        )
-        .await
-        .map_err(|e| InstanceError::Instantiate(format!("{e:#}")))?;
+        let bindings = budget::run(&meter, LIFECYCLE_DEADLINE, self.pre.instantiate(&mut store))
+            .await
+            .map_err(|e| InstanceError::Instantiate(format!("{e:#}")))?;
         let mut instance = Instance { store, bindings };
         let config_text = self.meta.config.config.clone();
         match self
@@ -894,12 +997,18 @@ impl Extension for WasmPlugin {
     }
 
     fn session_opened<'a>(&'a self, session: &'a Session) -> NotifyFuture<'a> {
-        Box::pin(self.notify(session, Call::Opened))
+        Box::pin(async move {
+            if self.meta.session_opened {
+                self.notify(session, Call::Opened).await;
+            }
+        })
     }
 
     fn session_closed<'a>(&'a self, session: &'a Session) -> NotifyFuture<'a> {
         Box::pin(async move {
-            self.notify(session, Call::Closed).await;
+            if self.meta.session_closed {
+                self.notify(session, Call::Closed).await;
+            }
             self.forget(session);
         })
     }

@@ -9,9 +9,9 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::camp::extension::{host, types};
 use super::budget::{CallMeter, Metered};
 use super::output::GuestOutput;
+use crate::extension::Message;
 use crate::session::Session;
 
 /// The host side of the WIT `session` resource. Hooks only ever get a
@@ -109,8 +109,10 @@ pub struct InstanceState {
     pub(crate) output: GuestOutput,
     /// Bounds on the host interface.
     pub(crate) limits: HostLimits,
-    /// `send-*` calls made in the call in progress.
-    pub(crate) sends: u32,
+    /// Messages sent by the call in progress: queued to the session when the
+    /// call returns successfully, discarded when it fails (at most
+    /// `sends_per_call`).
+    pub(crate) sends: Vec<Message>,
     /// The bound the guest ran into in this call, if any (the call then
     /// traps and fails with [`HookError::Limit`](crate::extension::HookError::Limit)).
     pub(crate) limit_hit: Option<String>,
@@ -148,10 +150,9 @@ impl InstanceState {
         err
     }
 
-    /// Counts one `send-*` against the per-call bound.
+    /// Keeps one `send-*` of the call, within the per-call bound.
     fn count_send(&mut self) -> wasmtime::Result<()> {
-        self.sends += 1;
-        if self.sends > self.limits.sends_per_call {
+        if self.sends.len() >= self.limits.sends_per_call as usize {
             let max = self.limits.sends_per_call;
             return Err(self.limit(format!(
                 "more than sends_per_call = {max} session sends in one call"
@@ -167,99 +168,206 @@ fn origin() -> Instant {
     *ORIGIN.get_or_init(Instant::now)
 }
 
-impl types::Host for InstanceState {}
-
-impl host::Host for InstanceState {
-    fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+/// The host interface, once; each WIT version's generated traits below
+/// delegate here.
+impl InstanceState {
+    fn log(&mut self, level: tracing::Level, message: String) {
         let plugin = &*self.plugin;
         match level {
-            types::Level::Trace => tracing::trace!(plugin, "{message}"),
-            types::Level::Debug => tracing::debug!(plugin, "{message}"),
-            types::Level::Info => tracing::info!(plugin, "{message}"),
-            types::Level::Warn => tracing::warn!(plugin, "{message}"),
-            types::Level::Error => tracing::error!(plugin, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(plugin, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
+            tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
         }
-        Ok(())
     }
 
-    fn monotonic_ms(&mut self) -> wasmtime::Result<u64> {
-        Ok(origin().elapsed().as_millis() as u64)
+    fn monotonic_ms(&mut self) -> u64 {
+        origin().elapsed().as_millis() as u64
     }
 
-    fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        Ok(SystemTime::now()
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
-            .unwrap_or(0))
-    }
-}
-
-impl host::HostSession for InstanceState {
-    fn id(&mut self, this: Resource<SessionSlot>) -> wasmtime::Result<u64> {
-        Ok(self.session(&this)?.id())
+            .unwrap_or(0)
     }
 
-    fn remote_addr(&mut self, this: Resource<SessionSlot>) -> wasmtime::Result<Option<String>> {
-        Ok(self.session(&this)?.remote_addr().map(|a| a.to_string()))
+    fn session_id(&mut self, this: &Resource<SessionSlot>) -> wasmtime::Result<u64> {
+        Ok(self.session(this)?.id())
     }
 
-    fn get(
+    fn session_remote_addr(
         &mut self,
-        this: Resource<SessionSlot>,
+        this: &Resource<SessionSlot>,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.session(this)?.remote_addr().map(|a| a.to_string()))
+    }
+
+    fn session_get(
+        &mut self,
+        this: &Resource<SessionSlot>,
         key: String,
     ) -> wasmtime::Result<Option<String>> {
-        Ok(self.session(&this)?.get(&key))
+        Ok(self.session(this)?.get(&key))
     }
 
-    fn set(
+    fn session_set(
         &mut self,
-        this: Resource<SessionSlot>,
+        this: &Resource<SessionSlot>,
         key: String,
         value: String,
     ) -> wasmtime::Result<()> {
         let limits = self.limits;
         let written =
-            self.session(&this)?
+            self.session(this)?
                 .set_within(key, value, limits.store_keys, limits.store_bytes);
         written.map_err(|full| self.limit(full))
     }
 
-    fn remove(
+    fn session_remove(
         &mut self,
-        this: Resource<SessionSlot>,
+        this: &Resource<SessionSlot>,
         key: String,
     ) -> wasmtime::Result<Option<String>> {
-        Ok(self.session(&this)?.remove(&key))
+        Ok(self.session(this)?.remove(&key))
     }
 
-    fn send_utf8(&mut self, this: Resource<SessionSlot>, text: String) -> wasmtime::Result<()> {
+    fn session_send(
+        &mut self,
+        this: &Resource<SessionSlot>,
+        message: Message,
+    ) -> wasmtime::Result<()> {
+        self.session(this)?;
         self.count_send()?;
-        // The delivery receipt is not awaited: the plugin cannot wait.
-        drop(self.session(&this)?.send_utf8(text));
+        self.sends.push(message);
         Ok(())
     }
 
-    fn send_binary(&mut self, this: Resource<SessionSlot>, data: Vec<u8>) -> wasmtime::Result<()> {
-        self.count_send()?;
-        drop(self.session(&this)?.send_binary(data));
-        Ok(())
-    }
-
-    fn send_error(&mut self, this: Resource<SessionSlot>, text: String) -> wasmtime::Result<()> {
-        self.count_send()?;
-        drop(self.session(&this)?.send_error(text));
-        Ok(())
-    }
-
-    fn close(&mut self, this: Resource<SessionSlot>, reason: String) -> wasmtime::Result<()> {
-        self.session(&this)?.close(reason);
-        Ok(())
-    }
-
-    fn drop(&mut self, this: Resource<SessionSlot>) -> wasmtime::Result<()> {
-        // Only borrows are ever handed out and they carry nothing, so
-        // there is nothing to free.
-        let _ = this;
+    fn session_close(
+        &mut self,
+        this: &Resource<SessionSlot>,
+        reason: String,
+    ) -> wasmtime::Result<()> {
+        self.session(this)?.close(reason);
         Ok(())
     }
 }
+
+/// Implements one WIT version's `host` and `types` traits by delegating to
+/// the methods above.
+macro_rules! host_interface {
+    ($version:ident) => {
+        mod $version {
+            use wasmtime::component::Resource;
+
+            use super::super::bindings::$version::camp::extension::{host, types};
+            use super::{InstanceState, SessionSlot};
+            use crate::extension::Message;
+
+            impl types::Host for InstanceState {}
+
+            impl host::Host for InstanceState {
+                fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+                    let level = match level {
+                        types::Level::Trace => tracing::Level::TRACE,
+                        types::Level::Debug => tracing::Level::DEBUG,
+                        types::Level::Info => tracing::Level::INFO,
+                        types::Level::Warn => tracing::Level::WARN,
+                        types::Level::Error => tracing::Level::ERROR,
+                    };
+                    InstanceState::log(self, level, message);
+                    Ok(())
+                }
+
+                fn monotonic_ms(&mut self) -> wasmtime::Result<u64> {
+                    Ok(InstanceState::monotonic_ms(self))
+                }
+
+                fn now_ms(&mut self) -> wasmtime::Result<u64> {
+                    Ok(InstanceState::now_ms(self))
+                }
+            }
+
+            impl host::HostSession for InstanceState {
+                fn id(&mut self, this: Resource<SessionSlot>) -> wasmtime::Result<u64> {
+                    self.session_id(&this)
+                }
+
+                fn remote_addr(
+                    &mut self,
+                    this: Resource<SessionSlot>,
+                ) -> wasmtime::Result<Option<String>> {
+                    self.session_remote_addr(&this)
+                }
+
+                fn get(
+                    &mut self,
+                    this: Resource<SessionSlot>,
+                    key: String,
+                ) -> wasmtime::Result<Option<String>> {
+                    self.session_get(&this, key)
+                }
+
+                fn set(
+                    &mut self,
+                    this: Resource<SessionSlot>,
+                    key: String,
+                    value: String,
+                ) -> wasmtime::Result<()> {
+                    self.session_set(&this, key, value)
+                }
+
+                fn remove(
+                    &mut self,
+                    this: Resource<SessionSlot>,
+                    key: String,
+                ) -> wasmtime::Result<Option<String>> {
+                    self.session_remove(&this, key)
+                }
+
+                fn send_utf8(
+                    &mut self,
+                    this: Resource<SessionSlot>,
+                    text: String,
+                ) -> wasmtime::Result<()> {
+                    self.session_send(&this, Message::Utf8(text))
+                }
+
+                fn send_binary(
+                    &mut self,
+                    this: Resource<SessionSlot>,
+                    data: Vec<u8>,
+                ) -> wasmtime::Result<()> {
+                    self.session_send(&this, Message::Binary(data))
+                }
+
+                fn send_error(
+                    &mut self,
+                    this: Resource<SessionSlot>,
+                    text: String,
+                ) -> wasmtime::Result<()> {
+                    self.session_send(&this, Message::Error(text))
+                }
+
+                fn close(
+                    &mut self,
+                    this: Resource<SessionSlot>,
+                    reason: String,
+                ) -> wasmtime::Result<()> {
+                    self.session_close(&this, reason)
+                }
+
+                fn drop(&mut self, this: Resource<SessionSlot>) -> wasmtime::Result<()> {
+                    // Only borrows are ever handed out and they carry
+                    // nothing, so there is nothing to free.
+                    let _ = this;
+                    Ok(())
+                }
+            }
+        }
+    };
+}
+
+host_interface!(latest);
+host_interface!(v0_1);

@@ -96,7 +96,9 @@ pub struct LoadedVersion {
     pub hash: String,
     /// The name the plugin gives itself.
     pub guest_name: String,
-    /// The hooks it implements.
+    /// The `camp:extension` version it was built against.
+    pub wit_version: &'static str,
+    /// The hooks it implements, the session notifications included.
     pub hooks: Vec<&'static str>,
     /// Its effective configuration.
     pub config: PluginConfig,
@@ -680,7 +682,14 @@ impl DirInner {
                 tracked.status.loaded = Some(LoadedVersion {
                     hash: meta.hash,
                     guest_name: meta.guest_name,
-                    hooks: meta.hooks.iter().map(|h| h.name()).collect(),
+                    wit_version: meta.wit_version,
+                    hooks: meta
+                        .hooks
+                        .iter()
+                        .map(|h| h.name())
+                        .chain(meta.session_opened.then_some("session-opened"))
+                        .chain(meta.session_closed.then_some("session-closed"))
+                        .collect(),
                     config: meta.config,
                     loaded_at: SystemTime::now(),
                     timings,

@@ -2,7 +2,8 @@
 //!
 //! Its configuration (JSON, all keys optional) says what it does:
 //!
-//! - `hooks`: hook names to declare (default: all six);
+//! - `hooks`: hook names to declare, the session notifications included
+//!   (default: all eight);
 //! - `tag`: appended as `|tag` to every text message (UTF-8 and error) and
 //!   as bytes to binary messages — shows order and chaining;
 //! - `stamp`: if true, appends `|` and the 10-digit version stamp compiled
@@ -294,6 +295,8 @@ impl Plugin for Probe {
                     "on-receive-utf8" => HookSet::ON_RECEIVE_UTF8,
                     "on-receive-binary" => HookSet::ON_RECEIVE_BINARY,
                     "on-receive-error" => HookSet::ON_RECEIVE_ERROR,
+                    "session-opened" => HookSet::SESSION_OPENED,
+                    "session-closed" => HookSet::SESSION_CLOSED,
                     _ => HookSet::empty(),
                 }
             }),

@@ -1,6 +1,7 @@
 //! Cost of one hook call: a pass-through WebAssembly plugin against a
 //! native Rust extension doing the same, for 64 B, 1 KiB and 64 KiB UTF-8
-//! and binary messages, plus the same through a one-plugin pipeline.
+//! and binary messages, plus the same through a one-plugin pipeline, and
+//! the hand-off a guest-thread execution model would add to every call.
 //!
 //! `cargo bench --bench hooks`
 
@@ -126,6 +127,34 @@ fn hooks(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // The other execution model the plugin host could use: guest calls on
+    // a dedicated thread, the session's task awaiting the answer. Its extra
+    // cost per call is this hand-off (an empty job to the thread and the
+    // answer back), on top of the guest call itself.
+    let mut group = c.benchmark_group("execution-model");
+    let (jobs, inbox) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
+    let guest_thread = std::thread::spawn(move || {
+        for answer in inbox {
+            let _ = answer.send(());
+        }
+    });
+    group.bench_function("guest-thread-handoff", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    jobs.send(tx).expect("guest thread");
+                    rx.await.expect("answer");
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.finish();
+    drop(jobs);
+    guest_thread.join().expect("guest thread");
     host.shutdown();
 }
 

@@ -90,6 +90,13 @@ impl AdminReport for PluginDir {
         );
         family(
             &mut o,
+            "camp_plugin_instances",
+            "Instances of the serving version alive now (at most max_instances).",
+            "gauge",
+            per_plugin(|p| p.instances as u64),
+        );
+        family(
+            &mut o,
             "camp_plugin_output_dropped_bytes_total",
             "Guest stdout/stderr bytes dropped over output_bytes_per_call.",
             "counter",

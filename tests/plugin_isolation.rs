@@ -543,3 +543,31 @@ fn plugins_are_notified_of_sessions_only_when_they_declare_it() {
     );
     assert_eq!(result, Ok(Verdict::Pass));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_max_instances_wait_their_turn_instead_of_failing() {
+    let plugin = probe(
+        "narrow",
+        r#"{"hooks":["on-receive-utf8"]}"#,
+        "max_instances = 2\ndeadline_ms = 1000",
+    );
+    let mut calls = Vec::new();
+    for sid in 0..6u64 {
+        let plugin = plugin.clone();
+        calls.push(tokio::spawn(async move {
+            let (session, _outbox) = Session::detached(sid);
+            let mut msg = Message::Utf8("SLEEP:100".into());
+            plugin.call(Hook::OnReceiveUtf8, &session, &mut msg).await
+        }));
+    }
+    let mut peak = 0;
+    while !calls.iter().all(|c| c.is_finished()) {
+        peak = peak.max(plugin.live_instances());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap(), Ok(Verdict::Pass));
+    }
+    assert!(peak <= 2, "{peak} instances alive");
+    assert_eq!(plugin.live_instances(), 2);
+}

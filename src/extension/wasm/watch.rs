@@ -131,6 +131,8 @@ pub struct PluginStatus {
     pub on_probation: bool,
     /// Sessions for which the serving version is failing or backing off.
     pub failing_sessions: usize,
+    /// Instances of the serving version alive now (at most `max_instances`).
+    pub instances: usize,
     /// Bytes of guest stdout/stderr dropped over `output_bytes_per_call`
     /// by the serving version.
     pub output_dropped_bytes: u64,
@@ -352,6 +354,7 @@ impl PluginDir {
                 if let Some(serving) = &t.serving {
                     status.on_probation = t.previous.is_some();
                     status.failing_sessions = serving.failing_sessions();
+                    status.instances = serving.live_instances();
                     status.output_dropped_bytes = serving.output_dropped_bytes();
                 }
                 status
@@ -569,6 +572,7 @@ impl DirInner {
                     rollbacks: 0,
                     on_probation: false,
                     failing_sessions: 0,
+                    instances: 0,
                     output_dropped_bytes: 0,
                 },
             });

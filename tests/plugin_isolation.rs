@@ -155,6 +155,8 @@ async fn printing_panicking_sleeping_and_trapping_hooks_meet_their_policy() {
         "probe stdout: PRINT hello",
         "probe stderr: PRINT hello",
         "probe panicked on request",
+        // The SDK's panic hook, through host.log.
+        "panic at probe/src/lib.rs",
         "session_store_bytes",
     ] {
         assert!(text.contains(needle), "{needle:?} not logged");
@@ -451,12 +453,23 @@ async fn a_version_that_fails_on_real_traffic_is_rolled_back_without_losing_a_me
     for sid in 0..4 {
         clients.push(connect(&server, 500 + sid).await);
     }
-    // The new version passes its trial (empty payloads) and traps on every
-    // real message.
+    // A new version that passes its trial (empty payloads) and traps on
+    // every real message, replaced during its probation by another such
+    // version: the rollback goes back to v1, the last version that passed.
     write_by_rename(
         &dir.join("probe.toml"),
         toml(r#"{"tag":"v2","trap_nonempty":true,"hooks":["on-receive-utf8"]}"#).as_bytes(),
     );
+    wait_until("v2 serves", || {
+        status(&plugins, "probe").is_some_and(|s| s.loads == 2)
+    });
+    write_by_rename(
+        &dir.join("probe.toml"),
+        toml(r#"{"tag":"v3","trap_nonempty":true,"hooks":["on-receive-utf8"]}"#).as_bytes(),
+    );
+    wait_until("v3 serves", || {
+        status(&plugins, "probe").is_some_and(|s| s.loads == 3)
+    });
     let plugins = Arc::new(plugins);
     let sent_per_client = 60;
     let mut tasks = Vec::new();
@@ -570,4 +583,84 @@ async fn calls_beyond_max_instances_wait_their_turn_instead_of_failing() {
     }
     assert!(peak <= 2, "{peak} instances alive");
     assert_eq!(plugin.live_instances(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_by_a_plugin_cannot_send_in_turn() {
+    // REPLY makes the probe send `reply:<text>` from any text hook, the
+    // outgoing ones included: unchecked, every reply would send another.
+    let (server, pipeline) = probe_server("{}", "failure_policy = \"fail-open\"").await;
+    let (client, mut events) = connect(&server, 3).await;
+    client.send_utf8("REPLY once");
+    assert_eq!(next(&mut events).await, "reply:REPLY once");
+    assert_eq!(
+        next_within(&mut events, Duration::from_millis(500)).await,
+        None,
+        "exactly one reply"
+    );
+    assert_eq!(failures(&pipeline, "limit"), 1);
+    let stats = pipeline.list()[0].stats.clone();
+    let why = stats.last_error.lock().unwrap().clone().unwrap();
+    assert!(why.contains("cannot send further messages"), "{why}");
+    server.shutdown().await;
+}
+
+#[test]
+fn sends_over_the_payload_limit_and_log_floods_are_bounded() {
+    let probe = probe("loud", "{}", "output_bytes_per_call = 1000");
+    let (session, mut outbox) = Session::detached(9);
+    let (result, _) = call(
+        &*probe,
+        Hook::OnReceiveUtf8,
+        &session,
+        Message::Utf8("SENDBIG".into()),
+    );
+    assert!(
+        matches!(&result, Err(HookError::Limit(why)) if why.contains("payload limit")),
+        "{result:?}"
+    );
+    assert_eq!(outbox.try_recv(), None);
+    // 100 lines of 100 bytes through host.log: 10 fit in the 1,000 bytes.
+    let (result, _) = call(
+        &*probe,
+        Hook::OnReceiveUtf8,
+        &session,
+        Message::Utf8("LOGFLOOD:100".into()),
+    );
+    assert_eq!(result, Ok(Verdict::Pass));
+    assert_eq!(probe.output_dropped_bytes(), 90 * 100);
+}
+
+#[test]
+fn a_slow_load_does_not_hold_up_the_admin_view() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("probe.wasm"), bytes(PROBE)).unwrap();
+    let pipeline = Pipeline::new();
+    let (plugins, _) = host().open_dir(dir, pipeline, options());
+    let plugins = Arc::new(plugins);
+    std::thread::sleep(Duration::from_millis(100));
+    write_by_rename(
+        &dir.join("probe.toml"),
+        b"config = '{\"register_sleep_ms\":900}'\n",
+    );
+    let loading = {
+        let plugins = plugins.clone();
+        std::thread::spawn(move || {
+            wait_until("the slow version loads", || {
+                plugins.rescan();
+                status(&plugins, "probe").is_some_and(|s| s.loads == 2)
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let listed = plugins.status();
+    assert_eq!(listed.len(), 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "status waited {:?} for a load",
+        started.elapsed()
+    );
+    loading.join().unwrap();
 }

@@ -379,6 +379,11 @@ where
                 }
                 Some(command) = commands.recv() => match command {
                     Command::Send(message, tx) => self.send_message(message, tx, &session).await,
+                    Command::ExtensionSend(message) => {
+                        session.set_extension_send(true);
+                        self.send_message(message, None, &session).await;
+                        session.set_extension_send(false);
+                    }
                     Command::Ping => self.push(Body::Ping(PingPong::Ping), Class::Control),
                     Command::Close(code, reason) => break Exit::Local(code, reason),
                     Command::Tx(command) => {

@@ -149,6 +149,9 @@ impl SessionEvents {
 pub(crate) enum Command {
     /// Send a message through the outbound pipeline.
     Send(Message, Option<DeliveryTx>),
+    /// Send a message an extension sent from a hook: through the outbound
+    /// pipeline, whose hooks may then not send in turn (no chains).
+    ExtensionSend(Message),
     /// Send a CAMP PING.
     Ping,
     /// Say BYE and close with this code.
@@ -183,7 +186,7 @@ impl Outbox {
     pub fn try_recv(&mut self) -> Option<Outgoing> {
         loop {
             return Some(match self.0.try_recv().ok()? {
-                Command::Send(m, _) => Outgoing::Message(m),
+                Command::Send(m, _) | Command::ExtensionSend(m) => Outgoing::Message(m),
                 Command::Ping => Outgoing::Ping,
                 Command::Close(code, reason) => Outgoing::Close { code, reason },
                 // A detached session has no peer to stream to; dropping the
@@ -210,6 +213,9 @@ struct Shared {
     commands: mpsc::UnboundedSender<Command>,
     /// Set once the session ended.
     closed: AtomicBool,
+    /// Set while the session's task runs a message an extension sent
+    /// through the outbound pipeline.
+    extension_send: AtomicBool,
     /// Latest statistics, updated by the task.
     stats: Mutex<Stats>,
     /// The outgoing queue, once the session runs (for [`Session::queue_stats`]).
@@ -244,6 +250,7 @@ impl Session {
             store: Mutex::default(),
             commands: tx,
             closed: AtomicBool::new(false),
+            extension_send: AtomicBool::new(false),
             stats: Mutex::default(),
             queue: OnceLock::new(),
             stream_waiters: Mutex::default(),
@@ -360,6 +367,22 @@ impl Session {
     /// Sends an ERROR frame (through the outbound extension pipeline).
     pub fn send_error(&self, message: impl Into<String>) -> Delivery {
         self.send_message(Message::Error(message.into()))
+    }
+
+    /// Sends a message on behalf of an extension's hook: no delivery
+    /// receipt, and the outbound hooks that see it may not send in turn.
+    pub(crate) fn send_from_extension(&self, message: Message) {
+        let _ = self.shared.commands.send(Command::ExtensionSend(message));
+    }
+
+    /// Whether the outbound pipeline is running a message an extension
+    /// sent (its hooks may not send: a chain of sends could grow forever).
+    pub(crate) fn in_extension_send(&self) -> bool {
+        self.shared.extension_send.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_extension_send(&self, on: bool) {
+        self.shared.extension_send.store(on, Ordering::Relaxed);
     }
 
     /// Sends a CAMP PING; the peer answers PONG.

@@ -4,25 +4,35 @@
 //! with epoch interruption: a ticker thread advances the engine's epoch
 //! every [`TICK`] (1 ms) and the guest checks it at loop heads and function
 //! entries. Each time a running guest observes a new tick, the epoch
-//! callback counts one tick against the call's budget and yields to the
-//! runtime, so the worker serves other sessions before the guest goes on.
-//! This is the model of the wasmtime embedding guide and Spin's host; the
-//! alternative, a pool of guest threads, pays a thread hand-off on every
-//! call and still needs the same interruption (measured in BENCHMARKS.md).
+//! callback checks the call's budget and yields to the runtime, so the
+//! worker serves other sessions before the guest goes on (one such turn is
+//! at most a tick of guest code).
+//! This is the model of the wasmtime embedding guide and Spin's host. The
+//! alternative, synchronous calls on a pool of guest threads, would keep
+//! the cheaper synchronous call (0.35 µs for a pass-through hook against
+//! 0.77 µs async, release build, `benches/hooks.rs`) but pay a hand-off to
+//! the guest thread and back on every call, measured at ~40 µs on this
+//! two-core machine (`execution-model/guest-thread-handoff`), fifty times
+//! the difference; and it still needs the same interruption. Figures in
+//! BENCHMARKS.md.
 //!
-//! **What the budget counts** (`deadline_ms`, per call): the time the
-//! guest runs, in ticks, plus the wall-clock time it waits inside WASI (a
+//! **What the budget counts** (`deadline_ms`, per call): the wall-clock
+//! time the call spends on a worker thread (running guest code and the
+//! host functions it calls), plus the time it waits inside WASI (a
 //! `sleep`, a `poll`). It does *not* count the time the call waits for a
-//! worker after a yield, nor the time its thread is descheduled by the
-//! operating system (such a gap shows as one tick at most): a busy
-//! machine makes a hook slower, never makes a healthy hook fail. Out of
-//! budget, the call traps with an interrupt and the instance is
-//! discarded.
+//! worker after a yield: a busy machine makes a hook slower, never makes
+//! a healthy hook fail because other sessions had their turn. (A worker
+//! descheduled by the operating system in the middle of a turn still
+//! counts; a turn is at most one tick of guest code.) The check happens
+//! at every tick of guest code, so a host function that takes long is
+//! charged in full when the guest resumes. Out of budget, the call traps
+//! with an interrupt and the instance is discarded.
 //!
-//! Deadlines become ticks here and nowhere else.
+//! Deadlines are enforced here and nowhere else.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
@@ -33,15 +43,24 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 /// The epoch tick: time budgets are enforced with this granularity.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
 
+/// Nanoseconds since a process-wide origin (a monotonic clock).
+fn now_ns() -> u64 {
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    ORIGIN
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
+
 /// The running account of the call in progress on one instance.
 #[derive(Debug, Default)]
 pub(crate) struct CallMeter {
-    /// The call's budget in microseconds.
-    budget_us: AtomicU64,
-    /// Ticks the guest was seen running.
-    ticks: AtomicU64,
-    /// Microseconds spent waiting inside WASI.
-    waited_us: AtomicU64,
+    /// The call's budget in nanoseconds.
+    budget_ns: AtomicU64,
+    /// Budget used by the call's finished turns and WASI waits.
+    used_ns: AtomicU64,
+    /// When the current turn (poll) began ([`now_ns`]).
+    turn_started_ns: AtomicU64,
     /// Set by the epoch callback when it yields; tells the poller that the
     /// `Pending` it sees is a yield, not a WASI wait.
     yielded: AtomicBool,
@@ -50,37 +69,42 @@ pub(crate) struct CallMeter {
 impl CallMeter {
     /// Starts a call with `budget`.
     fn start(&self, budget: Duration) {
-        self.budget_us
-            .store(budget.as_micros() as u64, Ordering::Relaxed);
-        self.ticks.store(0, Ordering::Relaxed);
-        self.waited_us.store(0, Ordering::Relaxed);
+        self.budget_ns
+            .store(budget.as_nanos() as u64, Ordering::Relaxed);
+        self.used_ns.store(0, Ordering::Relaxed);
         self.yielded.store(false, Ordering::Relaxed);
     }
 
-    /// Budget used so far, in microseconds.
-    fn used_us(&self) -> u64 {
-        self.ticks.load(Ordering::Relaxed) * TICK.as_micros() as u64
-            + self.waited_us.load(Ordering::Relaxed)
+    /// Charges `ns` to the call.
+    fn charge(&self, ns: u64) {
+        self.used_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
-    /// Budget left.
-    fn left(&self) -> Duration {
-        Duration::from_micros(
-            self.budget_us
-                .load(Ordering::Relaxed)
-                .saturating_sub(self.used_us()),
-        )
+    /// Budget left, counting the turn in progress up to `now` (if any).
+    fn left(&self, now: Option<u64>) -> Duration {
+        let turn = now.map_or(0, |now| {
+            now.saturating_sub(self.turn_started_ns.load(Ordering::Relaxed))
+        });
+        let used = self.used_ns.load(Ordering::Relaxed) + turn;
+        Duration::from_nanos(self.budget_ns.load(Ordering::Relaxed).saturating_sub(used))
     }
 
-    /// The epoch callback: one more tick of running; interrupt when the
-    /// budget is spent, yield otherwise.
+    /// The epoch callback: interrupt when the budget is spent; yield when
+    /// this turn has run for a tick; otherwise go on (a call that merely
+    /// crossed a tick boundary does not give up its worker: a yield costs
+    /// a trip through the run queue while holding an instance, and with
+    /// many sessions that made short calls queue for instances).
     fn on_tick(&self) -> UpdateDeadline {
-        self.ticks.fetch_add(1, Ordering::Relaxed);
-        if self.left().is_zero() {
+        let now = now_ns();
+        if self.left(Some(now)).is_zero() {
             UpdateDeadline::Interrupt
-        } else {
+        } else if now.saturating_sub(self.turn_started_ns.load(Ordering::Relaxed))
+            >= TICK.as_nanos() as u64
+        {
             self.yielded.store(true, Ordering::Relaxed);
             UpdateDeadline::Yield(1)
+        } else {
+            UpdateDeadline::Continue(1)
         }
     }
 }
@@ -91,7 +115,7 @@ pub(crate) trait Metered {
     fn meter(&self) -> &CallMeter;
 }
 
-/// Sets up a new store: epoch callback counting ticks against the meter.
+/// Sets up a new store: the epoch callback checks the meter every tick.
 pub(crate) fn install<T: Metered + 'static>(store: &mut Store<T>) {
     store.epoch_deadline_callback(|ctx| Ok(ctx.data().meter().on_tick()));
 }
@@ -111,20 +135,22 @@ pub(crate) async fn run<R>(
     // of the budget.
     let mut waiting: Option<(Instant, Pin<Box<tokio::time::Sleep>>)> = None;
     std::future::poll_fn(|cx| {
+        let turn_started = now_ns();
         let timer = waiting.take().map(|(since, timer)| {
-            meter
-                .waited_us
-                .fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+            meter.charge(since.elapsed().as_nanos() as u64);
             timer
         });
-        if let Poll::Ready(result) = call.as_mut().poll(cx) {
+        meter.turn_started_ns.store(turn_started, Ordering::Relaxed);
+        let polled = call.as_mut().poll(cx);
+        meter.charge(now_ns().saturating_sub(turn_started));
+        if let Poll::Ready(result) = polled {
             return Poll::Ready(result);
         }
         if meter.yielded.swap(false, Ordering::Relaxed) {
             // A yield: the guest is runnable; waiting for a worker is free.
             return Poll::Pending;
         }
-        let left = meter.left();
+        let left = meter.left(None);
         if left.is_zero() {
             return Poll::Ready(Err(Trap::Interrupt.into()));
         }

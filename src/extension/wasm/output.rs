@@ -9,7 +9,9 @@
 //! line tagged with the plugin, the session and the stream (`stdout` at
 //! info level, `stderr` at warn level). A line is cut at
 //! [`MAX_LINE`] bytes. So a guest's panic message is never lost, and a
-//! guest that prints in a loop costs the host a bounded buffer.
+//! guest that prints in a loop costs the host a bounded buffer. Messages
+//! logged through `host.log` share the same per-call budget and are cut at
+//! [`MAX_LOG_MESSAGE`] bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,10 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 /// The longest log line made from guest output, in bytes; longer lines are
 /// cut (at a character boundary) and marked with `…`.
 pub const MAX_LINE: usize = 1024;
+
+/// The longest message a guest may log through `host.log`, in bytes;
+/// longer ones are cut like output lines.
+pub const MAX_LOG_MESSAGE: usize = 4096;
 
 /// What one stream has written in the current call.
 #[derive(Default)]
@@ -34,7 +40,9 @@ struct Buffered {
 struct Capture {
     /// Per stream: 0 = stdout, 1 = stderr.
     streams: [Buffered; 2],
-    /// Bytes the two streams may keep per call together.
+    /// Bytes logged through `host.log` in this call.
+    logged: usize,
+    /// Bytes the two streams and `host.log` may use per call together.
     cap: usize,
     /// Bytes dropped in this call.
     dropped: usize,
@@ -57,6 +65,7 @@ impl GuestOutput {
         GuestOutput {
             capture: Arc::new(Mutex::new(Capture {
                 streams: Default::default(),
+                logged: 0,
                 cap,
                 dropped: 0,
             })),
@@ -80,6 +89,7 @@ impl GuestOutput {
     /// Cheap when nothing was printed.
     pub(crate) fn flush(&self, plugin: &str, session: Option<u64>) {
         let mut capture = self.lock();
+        capture.logged = 0;
         if capture.streams.iter().all(|s| s.data.is_empty()) && capture.dropped == 0 {
             return;
         }
@@ -111,10 +121,25 @@ impl GuestOutput {
         }
     }
 
+    /// Whether a `host.log` message of `len` bytes fits in this call's
+    /// output budget; if not, it is counted as dropped.
+    pub(crate) fn admit_log(&self, len: usize) -> bool {
+        let mut capture = self.lock();
+        let used = capture.used();
+        if used + len <= capture.cap {
+            capture.logged += len;
+            true
+        } else {
+            capture.dropped += len;
+            self.dropped_total.fetch_add(len as u64, Ordering::Relaxed);
+            false
+        }
+    }
+
     /// Keeps what fits under the cap, counts the rest.
     fn write(&self, index: usize, bytes: &[u8]) {
         let mut capture = self.lock();
-        let used: usize = capture.streams.iter().map(|s| s.data.len()).sum();
+        let used = capture.used();
         let room = capture.cap.saturating_sub(used);
         let kept = bytes.len().min(room);
         capture.streams[index]
@@ -129,12 +154,24 @@ impl GuestOutput {
     }
 }
 
+impl Capture {
+    /// Bytes of the per-call budget used so far.
+    fn used(&self) -> usize {
+        self.logged + self.streams.iter().map(|s| s.data.len()).sum::<usize>()
+    }
+}
+
 /// Cuts `line` to [`MAX_LINE`] bytes at a character boundary.
 fn cut(line: &str) -> std::borrow::Cow<'_, str> {
-    if line.len() <= MAX_LINE {
+    cut_at(line, MAX_LINE)
+}
+
+/// Cuts `line` to `max` bytes at a character boundary, marking the cut.
+pub(crate) fn cut_at(line: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if line.len() <= max {
         return line.into();
     }
-    let mut end = MAX_LINE;
+    let mut end = max;
     while !line.is_char_boundary(end) {
         end -= 1;
     }

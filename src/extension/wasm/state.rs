@@ -10,9 +10,14 @@ use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::budget::{CallMeter, Metered};
-use super::output::GuestOutput;
+use super::output::{GuestOutput, MAX_LOG_MESSAGE, cut_at};
 use crate::extension::Message;
+use crate::protocol::MAX_PAYLOAD;
 use crate::session::Session;
+
+/// The longest close reason a plugin may give, in bytes: with the `…` that
+/// marks a cut, within a WebSocket close reason's 123 bytes.
+const MAX_CLOSE_REASON: usize = 120;
 
 /// The host side of the WIT `session` resource. Hooks only ever get a
 /// borrow, valid for the duration of the call, of "the session of this
@@ -172,13 +177,18 @@ fn origin() -> Instant {
 /// delegate here.
 impl InstanceState {
     fn log(&mut self, level: tracing::Level, message: String) {
+        let message = cut_at(&message, MAX_LOG_MESSAGE);
+        if !self.output.admit_log(message.len()) {
+            return;
+        }
         let plugin = &*self.plugin;
+        let session = self.current.as_ref().map(Session::id);
         match level {
-            tracing::Level::TRACE => tracing::trace!(plugin, "{message}"),
-            tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
-            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
-            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
-            tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(plugin, session, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin, session, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, session, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, session, "{message}"),
+            tracing::Level::ERROR => tracing::error!(plugin, session, "{message}"),
         }
     }
 
@@ -238,7 +248,17 @@ impl InstanceState {
         this: &Resource<SessionSlot>,
         message: Message,
     ) -> wasmtime::Result<()> {
-        self.session(this)?;
+        if self.session(this)?.in_extension_send() {
+            return Err(
+                self.limit("a message sent by a plugin cannot send further messages".into())
+            );
+        }
+        if message.len() > MAX_PAYLOAD {
+            return Err(self.limit(format!(
+                "a send of {} bytes, over the {MAX_PAYLOAD}-byte payload limit",
+                message.len()
+            )));
+        }
         self.count_send()?;
         self.sends.push(message);
         Ok(())
@@ -249,7 +269,10 @@ impl InstanceState {
         this: &Resource<SessionSlot>,
         reason: String,
     ) -> wasmtime::Result<()> {
-        self.session(this)?.close(reason);
+        // A close reason travels in a BYE frame and a WebSocket close
+        // (at most 123 bytes): longer ones are cut.
+        self.session(this)?
+            .close(cut_at(&reason, MAX_CLOSE_REASON).into_owned());
         Ok(())
     }
 }

@@ -254,8 +254,11 @@ struct DirInner {
     pipeline: Pipeline,
     /// Timing knobs.
     options: DirOptions,
-    /// Per-name state; also serializes scans.
+    /// Per-name state. Held only for bookkeeping, never while a plugin
+    /// loads (the admin view reads it from async workers).
     state: Mutex<BTreeMap<String, Tracked>>,
+    /// Serializes scans (held while plugins load).
+    scanning: Mutex<()>,
 }
 
 /// Messages to the watcher thread.
@@ -326,6 +329,7 @@ impl PluginHost {
                 pipeline,
                 options,
                 state: Mutex::new(BTreeMap::new()),
+                scanning: Mutex::new(()),
             }),
             watch: Mutex::new(None),
         };
@@ -540,8 +544,10 @@ impl DirInner {
     /// One reconciliation pass. `initial` skips the settle wait (at start
     /// the files are whatever they are).
     fn scan(&self, initial: bool) -> ScanReport {
+        let _scanning = lock(&self.scanning);
         let mut state = lock(&self.state);
         let mut report = ScanReport::default();
+        let mut settled_changes = Vec::new();
         let candidates = match self.candidates() {
             Ok(c) => c,
             Err(e) => {
@@ -595,13 +601,21 @@ impl DirInner {
                 report.pending.push(name.clone());
                 continue;
             }
-            match self.reload(name, path, print, tracked) {
+            settled_changes.push((name, path, print));
+        }
+        // Load without holding the state: a load (compile, trial) can take
+        // seconds, and the admin view must not wait for it.
+        drop(state);
+        for (name, path, print) in settled_changes {
+            let outcome = self.reload(name, path, print);
+            match outcome {
                 Reload::Loaded => report.loaded.push(name.clone()),
                 Reload::Unchanged => {}
                 Reload::Failed => report.failed.push(name.clone()),
                 Reload::Changing => report.pending.push(name.clone()),
             }
         }
+        let mut state = lock(&self.state);
         let gone: Vec<String> = state
             .keys()
             .filter(|n| !candidates.contains_key(*n))
@@ -619,7 +633,7 @@ impl DirInner {
     }
 
     /// Loads a changed plugin and swaps it in.
-    fn reload(&self, name: &str, path: &Path, print: Fingerprint, tracked: &mut Tracked) -> Reload {
+    fn reload(&self, name: &str, path: &Path, print: Fingerprint) -> Reload {
         let toml_path = path.with_extension("toml");
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
@@ -629,14 +643,20 @@ impl DirInner {
         if Fingerprint::of(path) != Some(print) {
             return Reload::Changing;
         }
-        tracked.attempted = Some(print);
-        tracked.status.file = path.to_path_buf();
         let hash = content_hash(&bytes);
-        if let Some(loaded) = &tracked.status.loaded
-            && loaded.hash == hash
-            && tracked.loaded_config == config_text
         {
-            return Reload::Unchanged;
+            let mut state = lock(&self.state);
+            let Some(tracked) = state.get_mut(name) else {
+                return Reload::Changing;
+            };
+            tracked.attempted = Some(print);
+            tracked.status.file = path.to_path_buf();
+            if let Some(loaded) = &tracked.status.loaded
+                && loaded.hash == hash
+                && tracked.loaded_config == config_text
+            {
+                return Reload::Unchanged;
+            }
         }
         let config = match &config_text {
             Some(text) => PluginConfig::parse(text, &toml_path, self.host.defaults()),
@@ -645,26 +665,42 @@ impl DirInner {
         let result = config
             .map_err(super::host::LoadError::from)
             .and_then(|config| self.host.load(name, &bytes, config));
+        let mut state = lock(&self.state);
+        let Some(tracked) = state.get_mut(name) else {
+            return Reload::Changing;
+        };
         match result {
             Ok((plugin, timings)) => {
                 let meta = plugin.meta().clone();
                 // The replaced version stays ready until the new one has
                 // passed its probation.
                 let replaced = self.pipeline.swap(plugin.clone(), meta.config.order);
-                tracked.drop_previous();
                 let old = tracked.serving.replace(plugin.clone());
-                let replaced = match (replaced, old, tracked.status.loaded.take()) {
-                    (Some(_), Some(old), Some(version)) => {
+                let replaced = match (replaced, old) {
+                    (Some(_), Some(unproven)) if tracked.previous.is_some() => {
+                        // The version being replaced was itself on
+                        // probation: retire it and keep the last version
+                        // that passed, so a rollback never restores an
+                        // unproven version.
+                        unproven.end_probation();
+                        unproven.unregistered();
+                        plugin.start_probation();
+                        if let Some(previous) = &mut tracked.previous {
+                            previous.until = Instant::now() + self.options.probation;
+                        }
+                        true
+                    }
+                    (Some(_), Some(old)) if tracked.status.loaded.is_some() => {
                         plugin.start_probation();
                         tracked.previous = Some(Previous {
                             plugin: old,
-                            version,
+                            version: tracked.status.loaded.take().expect("checked"),
                             config_text: tracked.loaded_config.take(),
                             until: Instant::now() + self.options.probation,
                         });
                         true
                     }
-                    (replaced, _, _) => {
+                    (replaced, _) => {
                         // Not ours (registered by someone else): retire it.
                         if let Some(replaced) = replaced {
                             replaced.unregistered();

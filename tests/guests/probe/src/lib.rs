@@ -10,6 +10,8 @@
 //!   into the binary (tests patch it to make distinct versions);
 //! - `drop_marker`: drop messages containing it;
 //! - `refuse`: `on-register` fails with this message;
+//! - `register_sleep_ms`: `on-register` sleeps this long first (a slow
+//!   load);
 //! - `trap_always`: if true, every message hook call (all six hooks) panics
 //!   with `probe: trap_always`;
 //! - `trap_nonempty`: if true, every message hook call whose payload is not
@@ -30,7 +32,9 @@
 //! (busy-loop until `monotonic_ms()` advanced by `<ms>`, then go on
 //! normally), `STOREFLOOD` (write 1000 session-store values of 1 MiB, then
 //! replace with `flooded`; the host's store limit should trap it first),
-//! `SENDFLOOD:<n>` (`send_utf8("flood")` n times, then drop). `<ms>` and
+//! `SENDFLOOD:<n>` (`send_utf8("flood")` n times, then drop), `SENDBIG`
+//! (send one message of 1 MiB + 1 bytes, then drop), `LOGFLOOD:<n>` (log
+//! n lines of 100 bytes through `host.log`, then go on normally). `<ms>` and
 //! `<n>` are the decimal digits right after the colon; none or too many
 //! count as 0.
 
@@ -63,6 +67,9 @@ struct Config {
     drop_marker: Option<String>,
     /// Refuse to register with this message.
     refuse: Option<String>,
+    /// Sleep this long in `on-register`.
+    #[serde(default)]
+    register_sleep_ms: u64,
     /// Panic in every message hook call.
     #[serde(default)]
     trap_always: bool,
@@ -184,6 +191,15 @@ fn markers(session: &Session, text: &str, error_kind: bool) -> Option<Action> {
         } else {
             Payload::Utf8("flooded".into())
         }));
+    }
+    if text.contains("SENDBIG") {
+        session.send_utf8(&"x".repeat((1 << 20) + 1));
+        return Some(Action::Drop);
+    }
+    if let Some(rest) = text.strip_prefix("LOGFLOOD:") {
+        for _ in 0..leading_number(rest) {
+            log(Level::Info, &"l".repeat(100));
+        }
     }
     if let Some(rest) = text.strip_prefix("SENDFLOOD:") {
         for _ in 0..leading_number(rest) {
@@ -311,6 +327,9 @@ impl Plugin for Probe {
         };
         if let Some(reason) = &parsed.refuse {
             return Err(reason.clone());
+        }
+        if parsed.register_sleep_ms > 0 {
+            std::thread::sleep(Duration::from_millis(parsed.register_sleep_ms));
         }
         CONFIG.with(|c| *c.borrow_mut() = parsed);
         Ok(())

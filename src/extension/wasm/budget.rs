@@ -10,11 +10,11 @@
 //! This is the model of the wasmtime embedding guide and Spin's host. The
 //! alternative, synchronous calls on a pool of guest threads, would keep
 //! the cheaper synchronous call (0.35 µs for a pass-through hook against
-//! 0.77 µs async, release build, `benches/hooks.rs`) but pay a hand-off to
-//! the guest thread and back on every call, measured at ~40 µs on this
-//! two-core machine (`execution-model/guest-thread-handoff`), fifty times
-//! the difference; and it still needs the same interruption. Figures in
-//! BENCHMARKS.md.
+//! 0.81 µs async, release build, `benches/hooks.rs`) but pay a hand-off to
+//! the guest thread and back on every call, measured at 44 µs on this
+//! two-core machine (`execution-model/guest-thread-handoff`), a hundred
+//! times the difference; and it still needs the same interruption.
+//! Figures in BENCHMARKS.md.
 //!
 //! **What the budget counts** (`deadline_ms`, per call): the wall-clock
 //! time the call spends on a worker thread (running guest code and the

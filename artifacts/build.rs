@@ -75,7 +75,11 @@ fn main() {
     for entry in fs::read_dir(root.join("tests/guests")).expect("tests/guests") {
         let path = entry.expect("a directory entry").path();
         if path.extension().is_some_and(|e| e == "wat") {
-            let name = path.file_stem().expect("a name").to_string_lossy().into_owned();
+            let name = path
+                .file_stem()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned();
             guests.push(Guest {
                 name,
                 wasm: path,
@@ -89,22 +93,42 @@ fn main() {
     let mut code = String::new();
     for guest in &guests {
         let constant = guest.name.replace('-', "_").to_uppercase();
-        let kind = if guest.example { "example plugin" } else { "test guest" };
+        let kind = if guest.example {
+            "example plugin"
+        } else {
+            "test guest"
+        };
         writeln!(code, "/// The {kind} `{}`.", guest.name).unwrap();
-        writeln!(code, "pub const {constant}: &str = {:?};", guest.wasm.display().to_string()).unwrap();
+        writeln!(
+            code,
+            "pub const {constant}: &str = {:?};",
+            guest.wasm.display().to_string()
+        )
+        .unwrap();
         if let Some(toml) = &guest.toml {
             writeln!(code, "/// The example configuration of `{}`.", guest.name).unwrap();
-            writeln!(code, "pub const {constant}_TOML: &str = {:?};", toml.display().to_string())
-                .unwrap();
+            writeln!(
+                code,
+                "pub const {constant}_TOML: &str = {:?};",
+                toml.display().to_string()
+            )
+            .unwrap();
         }
     }
     let examples: Vec<String> = guests
         .iter()
         .filter(|g| g.example)
-        .map(|g| format!("({:?}, {}, {})", g.name, g.name.replace('-', "_").to_uppercase(), match &g.toml {
-            Some(_) => format!("Some({}_TOML)", g.name.replace('-', "_").to_uppercase()),
-            None => "None".into(),
-        }))
+        .map(|g| {
+            format!(
+                "({:?}, {}, {})",
+                g.name,
+                g.name.replace('-', "_").to_uppercase(),
+                match &g.toml {
+                    Some(_) => format!("Some({}_TOML)", g.name.replace('-', "_").to_uppercase()),
+                    None => "None".into(),
+                }
+            )
+        })
         .collect();
     writeln!(
         code,

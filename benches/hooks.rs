@@ -73,8 +73,8 @@ fn hooks(c: &mut Criterion) {
     // on a runtime like the server's.
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let host = PluginHost::new(HostOptions::default()).expect("host");
-    let bytes = std::fs::read(env!("CAMP_GUEST_PASSTHROUGH"))
-        .expect("passthrough.wasm (built by build.rs)");
+    let bytes =
+        std::fs::read(camp_artifacts::PASSTHROUGH).expect("passthrough.wasm (camp-artifacts)");
     let (wasm, timings) = host
         .load("passthrough", &bytes, PluginConfig::default())
         .expect("load passthrough");

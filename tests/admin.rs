@@ -1,16 +1,14 @@
 //! The admin listener: metrics after real traffic, health, the admin view,
 //! and the binary's refusal of bad configuration.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{RawPeer, TOKEN, TestServer};
 use camp_server::client::Client;
 use camp_server::extension::{Extension, Hook, HookFuture, HookSet, Message, Verdict};
 use camp_server::protocol::{Body, FrameType};
 use camp_server::server::Server;
 use camp_server::session::Session;
-use common::{RawPeer, TOKEN, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {

@@ -2,8 +2,6 @@
 //! each drop policy, other sessions, transaction frames, and bounded memory
 //! for a 1 GiB stream.
 
-mod common;
-
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -11,6 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::common::{TOKEN, TestServer};
 use camp_server::client::Client;
 use camp_server::extension::Message;
 use camp_server::server::Server;
@@ -18,7 +17,6 @@ use camp_server::session::{
     Backpressure, Delivery, DeliveryError, DropPolicy, Session, SessionEvent, SessionEvents,
     StreamOptions,
 };
-use common::{TOKEN, TestServer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, ReadBuf};
 use tokio::sync::mpsc;
 

@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-mod common;
-
 const TOKEN: &str = "bench-token";
 
 /// Starts `program` with `args`; returns it and the `ws://` URL it
 /// announces on stdout.
 async fn start(program: &str, args: &[&str]) -> (Child, String) {
-    let spawned = common::spawn_announcing(program, args).await;
+    let spawned = crate::common::spawn_announcing(program, args).await;
     (spawned.child, spawned.url)
 }
 
@@ -227,7 +225,7 @@ async fn echo_through_the_example_plugin_pipeline() {
     // A copy of the built logger, filter and rpc plugins (the server
     // watches its folder).
     let dir = tempfile::tempdir().unwrap();
-    let built = std::path::Path::new(env!("CAMP_PLUGINS_DIR"));
+    let built = std::path::Path::new(crate::common::examples_dir());
     for name in ["logger", "filter", "rpc"] {
         for ext in ["wasm", "toml"] {
             let file = format!("{name}.{ext}");

@@ -10,8 +10,6 @@ use camp_server::extension::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Child;
 
-mod common;
-
 /// Starts the binary on the plugin folder `dir`; returns the child, the
 /// CAMP URL and the admin address.
 async fn start(dir: &Path) -> (Child, String, String) {
@@ -28,7 +26,7 @@ async fn start(dir: &Path) -> (Child, String, String) {
         "--log",
         "warn",
     ];
-    let spawned = common::spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &args).await;
+    let spawned = crate::common::spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &args).await;
     let admin = spawned.admin.expect("the admin address is announced");
     (spawned.child, spawned.url, admin)
 }
@@ -54,7 +52,7 @@ async fn reply(events: &mut camp_server::session::SessionEvents) -> Option<Strin
 #[tokio::test]
 async fn binary_runs_the_example_pipeline_and_hot_reloads_it() {
     let dir = tempfile::tempdir().unwrap();
-    let built = Path::new(env!("CAMP_PLUGINS_DIR"));
+    let built = Path::new(crate::common::examples_dir());
     for name in ["logger", "filter", "rpc"] {
         for ext in ["wasm", "toml"] {
             let file = format!("{name}.{ext}");
@@ -152,7 +150,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
     use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(env!("CAMP_GUEST_PROBE"), dir.path().join("probe.wasm")).unwrap();
+    std::fs::copy(camp_artifacts::PROBE, dir.path().join("probe.wasm")).unwrap();
     std::fs::write(
         dir.path().join("probe.toml"),
         "order = 1\nmemory_limit_bytes = 16777216\nconfig = '{\"hooks\":[\"on-receive-utf8\"]}'\n",
@@ -165,11 +163,7 @@ async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
         "order = 2\nfailure_policy = \"fail-open\"\n",
     )
     .unwrap();
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guests/table-hog.wat"),
-        dir.path().join("table-hog.wasm"),
-    )
-    .unwrap();
+    std::fs::copy(camp_artifacts::TABLE_HOG, dir.path().join("table-hog.wasm")).unwrap();
     let log_path = dir.path().join("server.log");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_camp-server"))
         .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])

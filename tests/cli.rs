@@ -1,14 +1,12 @@
 //! The `camp` command-line client, run as a process against a server on
 //! `127.0.0.1:0`: what it prints and how it exits.
 
-mod common;
-
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use crate::common::{TOKEN, TestServer};
 use camp_server::extension::Message;
 use camp_server::server::Server;
-use common::{TOKEN, TestServer};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 

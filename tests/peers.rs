@@ -1,15 +1,13 @@
 //! Server-to-server: one server dials another with `connect_peer` and both
 //! ends get the usual session API, messages and streams both ways.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::TestServer;
 use camp_server::extension::Message;
 use camp_server::server::Server;
 use camp_server::server::tls::{ClientTls, TlsConfig};
 use camp_server::session::{SessionEvent, StreamOptions};
-use common::TestServer;
 use tokio::io::AsyncReadExt;
 
 #[tokio::test]

@@ -4,19 +4,16 @@
 //! replaced 20 times and removed while clients send: every message is
 //! delivered exactly once, in order, processed by exactly one version.
 
-mod common;
-mod plugin_support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::{TOKEN, TestServer};
+use crate::plugin_support::*;
 use camp_server::client::Client;
 use camp_server::extension::wasm::content_hash;
 use camp_server::extension::{Message, Pipeline};
 use camp_server::server::Server;
 use camp_server::session::{Session, SessionEvents};
-use common::{TOKEN, TestServer};
-use plugin_support::*;
 use serde_json::{Value, json};
 
 /// Connects a client with session id `sid`.

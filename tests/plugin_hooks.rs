@@ -3,12 +3,10 @@
 //! action, ordering and verdict chaining, error hooks, the session API seen
 //! from a guest, and the three example plugins (logger, filter, rpc).
 
-mod plugin_support;
-
+use crate::plugin_support::*;
 use camp_server::extension::wasm::{InstanceError, LoadError};
 use camp_server::extension::{Extension, Hook, HookError, HookSet, Message, Pipeline, Verdict};
 use camp_server::session::{Outgoing, Session};
-use plugin_support::*;
 use serde_json::{Value, json};
 
 /// A message of the kind `hook` handles, with payload `text`.

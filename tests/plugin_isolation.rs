@@ -6,23 +6,20 @@
 //! hit and named; a broken replacement is refused by its trial or rolled
 //! back after its probation.
 
-mod common;
-mod plugin_support;
-
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::common::{TOKEN, TestServer};
+use crate::plugin_support::*;
 use camp_server::client::Client;
 use camp_server::extension::wasm::{InstanceError, LoadError};
 use camp_server::extension::{Extension, Hook, HookError, Message, Pipeline, Verdict};
 use camp_server::server::Server;
 use camp_server::session::{Session, SessionEvent, SessionEvents};
-use common::{TOKEN, TestServer};
-use plugin_support::*;
 
 /// The table-hog component (hand-written text format).
-const TABLE_HOG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guests/table-hog.wat");
+const TABLE_HOG: &str = camp_artifacts::TABLE_HOG;
 
 /// Everything this test binary logs (one global subscriber: hooks run on
 /// the runtime's worker threads).

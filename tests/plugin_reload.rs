@@ -3,18 +3,16 @@
 //! broken replacements that leave the old version serving, configuration
 //! changes, removal, and restarts served from the artifact cache.
 
-mod plugin_support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::plugin_support::*;
 use camp_server::extension::wasm::{
     CacheOutcome, HostOptions, PluginDir, PluginHost, content_hash,
 };
 use camp_server::extension::{Hook, Message, Pipeline, Verdict};
 use camp_server::session::Session;
-use plugin_support::*;
 
 /// What one sender saw: the version stamp of each message in order (`None`
 /// once the plugin was removed).

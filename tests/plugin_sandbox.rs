@@ -4,15 +4,13 @@
 //! failures back off, WASI capabilities are granted only by configuration,
 //! and other sessions' traffic goes on.
 
-mod plugin_support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::plugin_support::*;
 use camp_server::extension::{Hook, HookError, Message, Pipeline, Verdict};
 use camp_server::session::{Outgoing, Session};
-use plugin_support::*;
 
 #[test]
 fn an_infinite_loop_is_interrupted_within_its_budget() {

@@ -2,17 +2,15 @@
 //! ACKs, heartbeat, messages both ways, BYE, malformed input, the store,
 //! statistics and graceful shutdown.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{RawPeer, TOKEN, TestServer};
 use bytes::Bytes;
 use camp_server::client::{Client, ClientError};
 use camp_server::extension::Message;
 use camp_server::protocol::{Body, Frame, PingPong, close};
 use camp_server::server::Server;
 use camp_server::session::{DeliveryError, SessionEvent};
-use common::{RawPeer, TOKEN, TestServer};
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message as Ws;

@@ -7,7 +7,6 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::process::{Child, Command};
 
-mod common;
 use tokio_tungstenite::tungstenite::Message as Ws;
 
 /// Starts the binary on an ephemeral port; returns it and its address.
@@ -22,7 +21,7 @@ async fn start_binary() -> (Child, String) {
         "--log",
         "warn",
     ];
-    let spawned = common::spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &args).await;
+    let spawned = crate::common::spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &args).await;
     let addr = spawned
         .url
         .strip_prefix("ws://")

@@ -1,16 +1,14 @@
 //! TLS end to end: a certificate generated in the test, a `wss://` client
 //! that trusts it, a stream over it, and clear errors for bad PEM files.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{TOKEN, TestServer};
 use camp_server::client::{Client, ClientError, ClientTls};
 use camp_server::extension::Message;
 use camp_server::server::Server;
 use camp_server::server::tls::{TlsConfig, TlsError};
 use camp_server::session::{SessionEvent, StreamOptions};
-use common::{TOKEN, TestServer};
 use tokio::io::AsyncReadExt;
 
 /// A self-signed certificate for `localhost`: (cert PEM, key PEM).

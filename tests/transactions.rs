@@ -2,8 +2,6 @@
 //! echo server in both directions, ranges, cancels, protocol errors, and
 //! the frames on the wire.
 
-mod common;
-
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -12,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::common::{TOKEN, TestServer};
 use bytes::Bytes;
 use camp_server::client::Client;
 use camp_server::protocol::{self, Behaviour, Body, Frame, PingPong};
@@ -19,7 +18,6 @@ use camp_server::server::Server;
 use camp_server::session::{
     IncomingStream, Session, SessionEvent, SessionEvents, StreamOptions, TransferError,
 };
-use common::{TOKEN, TestServer};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::mpsc;

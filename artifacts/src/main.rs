@@ -17,7 +17,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("camp-artifacts: cannot install the example plugins into {}: {e}", dir.display());
+            eprintln!(
+                "camp-artifacts: cannot install the example plugins into {}: {e}",
+                dir.display()
+            );
             ExitCode::FAILURE
         }
     }

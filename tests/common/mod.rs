@@ -1,8 +1,6 @@
 //! Shared helpers for integration tests: a server on 127.0.0.1:0 and a raw
 //! WebSocket peer that speaks CAMP frames byte by byte.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -257,4 +255,16 @@ pub async fn spawn_announcing(program: &str, args: &[&str]) -> Spawned {
     .await
     .expect("the server prints its address");
     Spawned { child, url, admin }
+}
+
+/// A folder with the example plugins (`logger`, `filter`, `rpc`: `.wasm`
+/// and example `.toml`), as the README's run command uses them; installed
+/// once per test run.
+pub fn examples_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("example-plugins");
+        camp_artifacts::install_examples(&dir).expect("install the example plugins");
+        dir
+    })
 }

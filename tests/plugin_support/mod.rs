@@ -2,8 +2,6 @@
 //! target's temporary folder, loading the guests built by build.rs with an
 //! inline `NAME.toml`, and running one message through a hook.
 
-#![allow(dead_code)]
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,16 +14,16 @@ use camp_server::extension::wasm::{
 use camp_server::extension::{Extension, Hook, HookError, Message, Verdict};
 use camp_server::session::Session;
 
-/// The guest components built by build.rs.
-pub const LOGGER: &str = env!("CAMP_PLUGIN_LOGGER");
+/// The guest components built by the `camp-artifacts` crate.
+pub const LOGGER: &str = camp_artifacts::LOGGER;
 /// The filter example plugin.
-pub const FILTER: &str = env!("CAMP_PLUGIN_FILTER");
+pub const FILTER: &str = camp_artifacts::FILTER;
 /// The rpc example plugin.
-pub const RPC: &str = env!("CAMP_PLUGIN_RPC");
+pub const RPC: &str = camp_artifacts::RPC;
 /// The configurable test guest.
-pub const PROBE: &str = env!("CAMP_GUEST_PROBE");
+pub const PROBE: &str = camp_artifacts::PROBE;
 /// A component that does not target the plugin world.
-pub const WRONG_EXPORTS: &str = env!("CAMP_GUEST_WRONG_EXPORTS");
+pub const WRONG_EXPORTS: &str = camp_artifacts::WRONG_EXPORTS;
 
 /// The version stamp compiled into the probe.
 pub const STAMP: &[u8] = b"PROBE-STAMP:0000000000";
@@ -46,7 +44,7 @@ pub fn host() -> PluginHost {
 
 /// Reads a built guest.
 pub fn bytes(path: &str) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e} (built by build.rs)"))
+    std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e} (built by camp-artifacts)"))
 }
 
 /// Parses an inline `NAME.toml`. Tests give well-behaved plugins a generous

@@ -1,0 +1,23 @@
+//! camp-server's integration tests: one test binary (ripgrep's layout),
+//! one module per area, on real sockets with real plugins. The guest
+//! plugins come from the `camp-artifacts` dev-dependency.
+
+mod common;
+mod plugin_support;
+
+mod admin;
+mod backpressure;
+mod bench;
+mod binary_plugins;
+mod cli;
+mod every_guest;
+mod peers;
+mod plugin_e2e;
+mod plugin_hooks;
+mod plugin_isolation;
+mod plugin_reload;
+mod plugin_sandbox;
+mod server;
+mod stranger;
+mod tls;
+mod transactions;

@@ -250,6 +250,10 @@ impl Client {
             backpressure: self.backpressure,
             features: protocol::FEATURES,
             metrics: Default::default(),
+            // What the reference server sends (e.g. its off-by-one PUSH
+            // offsets) is accepted and counted, as a server accepts it
+            // from the reference clients.
+            strict: false,
         };
         let mut driver = Driver::new(ws, sid, Role::Client, config, self.pipeline);
         // Without a server's shutdown signal, one that never fires (its

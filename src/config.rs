@@ -66,6 +66,9 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// Heartbeat interval in milliseconds (default 15000).
     pub keep_alive_ms: Option<u64>,
+    /// Refuse what the reference server tolerates from its clients
+    /// (default false: accept and count it, see `Tolerated`).
+    pub strict: Option<bool>,
     /// Log filter in `RUST_LOG` syntax (default `info`).
     pub log: Option<String>,
     /// The plugin folder (watched for hot reload).
@@ -132,6 +135,8 @@ pub struct Settings {
     pub tokens: Vec<String>,
     /// Heartbeat interval.
     pub keep_alive: Duration,
+    /// Strict protocol checks.
+    pub strict: bool,
     /// Log filter.
     pub log: String,
     /// Plugin folder, if any.
@@ -198,6 +203,7 @@ impl Config {
             tokens: flags.tokens.filter(|t| !t.is_empty()).or(self.tokens),
             token_file: flags.token_file.or(self.token_file),
             keep_alive_ms: flags.keep_alive_ms.or(self.keep_alive_ms),
+            strict: flags.strict.or(self.strict),
             log: flags.log.or(self.log),
             plugins: flags.plugins.or(self.plugins),
             plugin_cache: flags.plugin_cache.or(self.plugin_cache),
@@ -313,6 +319,7 @@ impl Config {
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
             tokens,
             keep_alive: Duration::from_millis(keep_alive_ms),
+            strict: self.strict.unwrap_or(false),
             log: self.log.unwrap_or_else(|| "info".into()),
             plugins: self.plugins,
             plugin_cache: self.plugin_cache,

@@ -45,6 +45,12 @@ struct Args {
     /// Heartbeat interval in milliseconds [default: 15000].
     #[arg(long)]
     keep_alive_ms: Option<u64>,
+    /// Refuse what the reference server tolerates from the published
+    /// clients (no client ENDPOINT_INFO, off-by-one PUSH offsets, frames
+    /// with another sid, `x-cryo-sid`) instead of accepting and counting it
+    /// in camp_protocol_tolerated_total.
+    #[arg(long)]
+    strict: bool,
     /// Backpressure profile: default, optimize_latency or optimize_memory.
     #[arg(long)]
     backpressure_profile: Option<String>,
@@ -81,6 +87,7 @@ impl Args {
             tokens: Some(self.tokens.clone()).filter(|t| !t.is_empty()),
             token_file: self.token_file.clone(),
             keep_alive_ms: self.keep_alive_ms,
+            strict: self.strict.then_some(true),
             log: self.log.clone(),
             plugins: self.plugins.clone(),
             plugin_cache: self.plugin_cache.clone(),
@@ -156,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         .pipeline(pipeline)
         .tokens(settings.tokens.clone())
         .keep_alive(settings.keep_alive)
+        .strict(settings.strict)
         .backpressure(settings.backpressure);
     let scheme = match &settings.tls {
         Some((cert, key)) => {

@@ -90,6 +90,46 @@ pub const HOOK_BOUNDS: &[f64] = &[
     0.00000025, 0.0000005, 0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.0001, 0.001, 0.01,
 ];
 
+/// A deviation from CAMP v1 that the reference server accepts and so do
+/// we, unless the protocol's `strict` option is set
+/// (`shared/CAMP-PROTOCOL.md`, "The published reference clients").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tolerated {
+    /// Data arrived after the peer ACKed our ENDPOINT_INFO without sending
+    /// its own (the browser client): an implicit handshake.
+    ImplicitHandshake,
+    /// A PUSH chunk's offset was off the way the reference clients write it
+    /// (the Node client's `start + k`, the browser client's end offset);
+    /// appended in arrival order.
+    PushOffset,
+    /// A frame carried another sid than the connection's session (the Node
+    /// client given a sid in its URL): handled for the connection's session.
+    ForeignSid,
+    /// The session id came as `x-cryo-sid`, the protocol's former name (the
+    /// stock Node client).
+    LegacySidParam,
+}
+
+impl Tolerated {
+    /// Every kind, in label order.
+    pub const ALL: [Tolerated; 4] = [
+        Tolerated::ImplicitHandshake,
+        Tolerated::PushOffset,
+        Tolerated::ForeignSid,
+        Tolerated::LegacySidParam,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Tolerated::ImplicitHandshake => "implicit_handshake",
+            Tolerated::PushOffset => "push_offset",
+            Tolerated::ForeignSid => "foreign_sid",
+            Tolerated::LegacySidParam => "legacy_sid_param",
+        }
+    }
+}
+
 /// A server's counters.
 #[derive(Debug)]
 pub struct Metrics {
@@ -115,6 +155,8 @@ pub struct Metrics {
     pub ack_timeouts: AtomicU64,
     /// Data frames dropped by the backpressure policy, by policy.
     queue_drops: [AtomicU64; 3],
+    /// Tolerated protocol deviations, by [`Tolerated`] kind.
+    tolerated: [AtomicU64; 4],
 }
 
 impl Default for Metrics {
@@ -131,6 +173,7 @@ impl Default for Metrics {
             ack_rtt: Histogram::new(RTT_BOUNDS),
             ack_timeouts: AtomicU64::new(0),
             queue_drops: Default::default(),
+            tolerated: Default::default(),
         }
     }
 }
@@ -198,6 +241,16 @@ impl Metrics {
         self.queue_drops[policy_index(policy)].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts one tolerated deviation.
+    pub fn tolerated(&self, kind: Tolerated) {
+        self.tolerated[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tolerated deviations of `kind` so far.
+    pub fn tolerated_count(&self, kind: Tolerated) -> u64 {
+        self.tolerated[kind as usize].load(Ordering::Relaxed)
+    }
+
     /// Renders everything in the Prometheus text format, including the
     /// per-extension counters of `pipeline`.
     pub fn render(&self, pipeline: &Pipeline) -> String {
@@ -231,6 +284,15 @@ impl Metrics {
         ] {
             family(&mut o, name, help, "counter", [(none(), load(counter))]);
         }
+        family(
+            &mut o,
+            "camp_protocol_tolerated_total",
+            "Deviations from CAMP v1 accepted as the reference server accepts them (off with strict).",
+            "counter",
+            Tolerated::ALL
+                .iter()
+                .map(|k| (format!("kind=\"{}\"", k.label()), self.tolerated_count(*k))),
+        );
         let refused = self
             .refused
             .lock()

@@ -153,7 +153,9 @@ async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
     std::fs::copy(camp_artifacts::PROBE, dir.path().join("probe.wasm")).unwrap();
     std::fs::write(
         dir.path().join("probe.toml"),
-        "order = 1\nmemory_limit_bytes = 16777216\nconfig = '{\"hooks\":[\"on-receive-utf8\"]}'\n",
+        // A generous time budget: this test is about memory, and a busy
+        // machine makes growing memory slow.
+        "order = 1\nmemory_limit_bytes = 16777216\ndeadline_ms = 2000\nconfig = '{\"hooks\":[\"on-receive-utf8\"]}'\n",
     )
     .unwrap();
     // A component in text form, as wasmtime accepts it; it traps on every

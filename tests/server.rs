@@ -435,19 +435,6 @@ async fn malformed_input_gets_error_frames_and_the_session_survives() {
             )),
             "\"ping\" or \"pong\"",
         ),
-        (
-            Ws::Binary(
-                Frame::new(
-                    999,
-                    Body::Utf8 {
-                        ack: 1,
-                        text: "x".into(),
-                    },
-                )
-                .encode(),
-            ),
-            "frame for session 999",
-        ),
         (Ws::Text("hello".into()), "text WebSocket messages"),
     ];
     for (msg, expected) in cases {

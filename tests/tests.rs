@@ -17,6 +17,7 @@ mod plugin_hooks;
 mod plugin_isolation;
 mod plugin_reload;
 mod plugin_sandbox;
+mod reference_clients;
 mod server;
 mod stranger;
 mod tls;

@@ -43,7 +43,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::client::{Client, ClientError};
 use crate::extension::Pipeline;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Tolerated};
 use crate::protocol;
 use crate::session::{
     Backpressure, Driver, Role, Session, SessionConfig, SessionEvents, event_channel,
@@ -74,6 +74,8 @@ pub struct ServerBuilder {
     tls: Option<TlsConfig>,
     /// Roots trusted when dialing `wss://` peers.
     peer_tls: Option<ClientTls>,
+    /// Refuse what the reference server tolerates.
+    strict: bool,
 }
 
 impl Default for ServerBuilder {
@@ -86,15 +88,25 @@ impl Default for ServerBuilder {
             pipeline: Pipeline::new(),
             tls: None,
             peer_tls: None,
+            strict: false,
         }
     }
 }
 
 impl ServerBuilder {
     /// Heartbeat interval (default 15 s): a PING goes out every interval,
-    /// and a session that sent nothing for a whole interval is closed.
+    /// and at every tick a session that sent nothing since the previous
+    /// tick is closed (after one to two intervals of silence).
     pub fn keep_alive(mut self, interval: Duration) -> Self {
         self.keep_alive = interval;
+        self
+    }
+
+    /// Refuse the deviations the reference server tolerates from the
+    /// published clients (default off: they are accepted and counted in
+    /// `camp_protocol_tolerated_total`, see [`Tolerated`](crate::metrics::Tolerated)).
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
         self
     }
 
@@ -165,6 +177,7 @@ impl ServerBuilder {
                 backpressure: self.backpressure,
                 features: protocol::FEATURES,
                 metrics: Arc::default(),
+                strict: self.strict,
             },
             validator: self
                 .validator
@@ -342,10 +355,15 @@ impl Inner {
                     return self.refuse(&mut stream, remote, refusal).await;
                 }
             };
-        let up = match upgrade::check(&head) {
+        let up = match upgrade::check(&head, self.session.strict) {
             Ok(up) => up,
             Err(refusal) => return self.refuse(&mut stream, remote, refusal).await,
         };
+        if up.legacy_sid {
+            self.session.metrics.tolerated(Tolerated::LegacySidParam);
+            tracing::info!(%remote, sid = up.sid, kind = Tolerated::LegacySidParam.label(),
+                "tolerated, as the reference server does (strict mode refuses it): x-cryo-sid instead of x-camp-sid");
+        }
         let shutting_down = *self.shutdown.borrow();
         if shutting_down {
             let refusal = Refusal::new(503, "shutting_down", "server is shutting down");

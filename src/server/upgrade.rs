@@ -76,6 +76,8 @@ impl Refusal {
 pub(crate) struct Upgrade {
     /// The session id from `x-camp-sid`.
     pub sid: u64,
+    /// Whether the sid came as `x-cryo-sid` (tolerated, not strict).
+    pub legacy_sid: bool,
     /// The bearer token (without `Bearer `), for the validator.
     pub token: String,
     /// Whether the client offered the `camp` subprotocol (echoed back).
@@ -114,7 +116,7 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<By
 /// Decisions: a missing and a malformed `x-camp-sid` are both 400 (the
 /// reference answers 401 for a missing one; it is not an authentication
 /// problem). Query parameter names are matched case-insensitively.
-pub(crate) fn check(head: &[u8]) -> Result<Upgrade, Refusal> {
+pub(crate) fn check(head: &[u8], strict: bool) -> Result<Upgrade, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -177,7 +179,11 @@ pub(crate) fn check(head: &[u8]) -> Result<Upgrade, Refusal> {
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Refusal::new(401, "bad_token", "authorization must be \"Bearer <token>\""))?
         .to_string();
+    // `x-cryo-sid` is the parameter's former name, which the stock Node
+    // client still sends; accepted unless strict.
+    let legacy_sid = !strict && param("x-camp-sid").is_none() && param("x-cryo-sid").is_some();
     let sid = param("x-camp-sid")
+        .or_else(|| param("x-cryo-sid").filter(|_| !strict))
         .ok_or_else(|| Refusal::new(400, "no_sid", "missing x-camp-sid query parameter"))?;
     let sid = sid.parse::<u64>().map_err(|_| {
         Refusal::new(
@@ -190,6 +196,7 @@ pub(crate) fn check(head: &[u8]) -> Result<Upgrade, Refusal> {
         sid,
         token,
         camp_subprotocol,
+        legacy_sid,
     })
 }
 
@@ -293,19 +300,27 @@ mod tests {
 
     #[test]
     fn accepts_a_good_request_with_any_case_sid() {
-        let up = check(&head("/?authorization=Bearer%20abc&x-CAMP-sid=42", "")).unwrap();
+        let up = check(
+            &head("/?authorization=Bearer%20abc&x-CAMP-sid=42", ""),
+            true,
+        )
+        .unwrap();
         assert_eq!(
             up,
             Upgrade {
                 sid: 42,
                 token: "abc".into(),
-                camp_subprotocol: false
+                camp_subprotocol: false,
+                legacy_sid: false,
             }
         );
-        let up = check(&head(
-            "/camp?x-camp-sid=18446744073709551615&authorization=Bearer+t%2B1",
-            "Sec-WebSocket-Protocol: chat, camp\r\n",
-        ))
+        let up = check(
+            &head(
+                "/camp?x-camp-sid=18446744073709551615&authorization=Bearer+t%2B1",
+                "Sec-WebSocket-Protocol: chat, camp\r\n",
+            ),
+            true,
+        )
         .unwrap();
         assert_eq!(
             (up.sid, up.token.as_str(), up.camp_subprotocol),
@@ -314,8 +329,23 @@ mod tests {
     }
 
     #[test]
+    fn the_former_sid_parameter_is_accepted_unless_strict() {
+        let path = "/?authorization=Bearer%20a&x-cryo-sid=9";
+        let up = check(&head(path, ""), false).unwrap();
+        assert_eq!((up.sid, up.legacy_sid), (9, true));
+        assert_eq!(check(&head(path, ""), true).unwrap_err().status, 400);
+        // Both given: x-camp-sid wins and nothing was tolerated.
+        let up = check(
+            &head("/?authorization=Bearer%20a&x-cryo-sid=9&x-camp-sid=3", ""),
+            false,
+        )
+        .unwrap();
+        assert_eq!((up.sid, up.legacy_sid), (3, false));
+    }
+
+    #[test]
     fn refusals_have_the_documented_statuses() {
-        let status = |path: &str, extra: &str| check(&head(path, extra)).unwrap_err().status;
+        let status = |path: &str, extra: &str| check(&head(path, extra), true).unwrap_err().status;
         assert_eq!(status("/?x-camp-sid=1", ""), 401);
         assert_eq!(status("/?authorization=Basic%20x&x-camp-sid=1", ""), 401);
         assert_eq!(status("/?authorization=Bearer%20&x-camp-sid=1", ""), 401);
@@ -337,9 +367,15 @@ mod tests {
             400
         );
         let plain = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(check(plain).unwrap_err().status, 426);
-        assert_eq!(check(b"POST / HTTP/1.1\r\n\r\n").unwrap_err().status, 400);
-        assert_eq!(check(b"\x00\x01garbage\r\n\r\n").unwrap_err().status, 400);
+        assert_eq!(check(plain, true).unwrap_err().status, 426);
+        assert_eq!(
+            check(b"POST / HTTP/1.1\r\n\r\n", true).unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            check(b"\x00\x01garbage\r\n\r\n", true).unwrap_err().status,
+            400
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::queue::{Backpressure, Class, Item, Pushed, Queue};
 use super::transaction::{Transactions, TxEffect};
 use super::{CloseInfo, Command, DeliveryError, Session, SessionEvent, SessionEvents, Stats};
 use crate::extension::{Hook, Message, Pipeline, Verdict};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Tolerated};
 use crate::protocol::{self, Body, Frame, FrameError, PingPong, close};
 
 /// Which end of the connection this is. The server speaks first in the
@@ -48,6 +48,9 @@ pub(crate) struct SessionConfig {
     pub features: u64,
     /// Where frames, bytes, round trips and drops are counted.
     pub metrics: Arc<Metrics>,
+    /// Refuse the deviations the reference server accepts
+    /// ([`Tolerated`]) instead of accepting and counting them.
+    pub strict: bool,
 }
 
 /// How many malformed frames a session may send before it is closed: each
@@ -90,6 +93,20 @@ pub(crate) struct Driver<S> {
     malformed: u32,
     /// Open transactions (streams) both ways.
     tx: Transactions,
+    /// The ack id of our ENDPOINT_INFO, until the peer ACKs it.
+    info_ack: Option<u32>,
+    /// Whether the peer ACKed our ENDPOINT_INFO.
+    info_acked: bool,
+    /// Whether the handshake was implicit (the peer sent data after ACKing
+    /// our ENDPOINT_INFO, without its own): its features are learnt from
+    /// the frames it sends.
+    implicit: bool,
+    /// A frame read during the handshake that the session must handle
+    /// first (the data that made an implicit handshake).
+    pending: Option<Frame>,
+    /// Tolerated deviations already logged for this session (bit per
+    /// [`Tolerated`] kind): each is logged once per session, counted always.
+    logged: u8,
 }
 
 /// What ended the main loop.
@@ -113,6 +130,7 @@ where
         pipeline: Pipeline,
     ) -> Driver<S> {
         let (sink, stream) = ws.split();
+        let lenient = !config.strict;
         let queue = Arc::new(Queue::new(config.backpressure));
         let bytes_tx = Arc::new(AtomicU64::new(0));
         let writer = tokio::spawn(write_loop(
@@ -133,7 +151,26 @@ where
             pipeline,
             acks: AckTracker::new(),
             malformed: 0,
-            tx: Transactions::new(sid, queue, role == Role::Server),
+            tx: Transactions::new(sid, queue, role == Role::Server, lenient),
+            info_ack: None,
+            info_acked: false,
+            implicit: false,
+            pending: None,
+            logged: 0,
+        }
+    }
+
+    /// Counts a tolerated deviation; logs it once per session.
+    fn tolerate(&mut self, kind: Tolerated, what: &str) {
+        self.config.metrics.tolerated(kind);
+        let bit = 1 << (kind as u8);
+        if self.logged & bit == 0 {
+            self.logged |= bit;
+            tracing::info!(
+                sid = self.sid,
+                kind = kind.label(),
+                "tolerated, as the reference server does (strict mode refuses it): {what}"
+            );
         }
     }
 
@@ -162,13 +199,19 @@ where
         }
     }
 
-    /// Sends an ACK-tracked protocol frame.
-    fn push_tracked(&mut self, mut body: Body) {
-        body.set_ack(self.acks.track(Instant::now().into_std(), None));
+    /// Sends an ACK-tracked protocol frame; returns its ack id.
+    fn push_tracked(&mut self, mut body: Body) -> u32 {
+        let id = self.acks.track(Instant::now().into_std(), None);
+        body.set_ack(id);
         self.push(body, Class::Control);
+        id
     }
 
     fn on_ack(&mut self, id: u32) {
+        if self.info_ack == Some(id) {
+            self.info_ack = None;
+            self.info_acked = true;
+        }
         if let Some(rtt) = self.acks.ack(id, Instant::now().into_std()) {
             self.config.metrics.ack_rtt.observe(rtt);
         }
@@ -224,6 +267,15 @@ where
                     let len = bytes.len();
                     self.bytes_rx += len as u64;
                     match Frame::decode(bytes) {
+                        Ok(frame) if frame.sid != self.sid && !self.config.strict => {
+                            let what = format!(
+                                "frames carry sid {} on the session {} of this connection",
+                                frame.sid, self.sid
+                            );
+                            self.tolerate(Tolerated::ForeignSid, &what);
+                            self.config.metrics.frame_in(frame.body.frame_type(), len);
+                            return Ok(frame);
+                        }
                         Ok(frame) if frame.sid != self.sid => {
                             let why =
                                 format!("frame for session {} on session {}", frame.sid, self.sid);
@@ -267,7 +319,7 @@ where
     async fn handshake_inner(&mut self) -> Result<u64, Exit> {
         if self.role == Role::Server {
             let info = self.endpoint_info();
-            self.push_tracked(info);
+            self.info_ack = Some(self.push_tracked(info));
         }
         loop {
             let frame = self.next_frame().await?;
@@ -285,6 +337,16 @@ where
                     if self.role == Role::Client {
                         let info = self.endpoint_info();
                         self.push_tracked(info);
+                    } else if let Some(unacked) = self.info_ack.take() {
+                        // The client sent its ENDPOINT_INFO without ACKing
+                        // ours: it may not have seen it (the Node client
+                        // attaches its listener after the socket opens and
+                        // then sends its own). Send ours again, now that it
+                        // listens; the first one is forgotten, not counted
+                        // as an ack timeout.
+                        self.acks.forget(unacked, DeliveryError::Closed);
+                        let info = self.endpoint_info();
+                        self.info_ack = Some(self.push_tracked(info));
                     }
                     return Ok(features);
                 }
@@ -295,6 +357,29 @@ where
                         reason,
                         by_peer: true,
                     }));
+                }
+                body if self.role == Role::Server
+                    && !self.config.strict
+                    && self.info_acked
+                    && (body.frame_type().is_transaction()
+                        || matches!(
+                            body,
+                            Body::Utf8 { .. } | Body::Binary { .. } | Body::Error { .. }
+                        )) =>
+                {
+                    // The browser client: it ACKed our ENDPOINT_INFO and
+                    // sends data without its own. Its version is taken as
+                    // ours; its features from the frames it sends.
+                    let ty = body.frame_type();
+                    let what = format!("{} without the peer's ENDPOINT_INFO", ty.name());
+                    self.tolerate(Tolerated::ImplicitHandshake, &what);
+                    self.implicit = true;
+                    self.pending = Some(Frame::new(self.sid, body));
+                    return Ok(if ty.is_transaction() {
+                        protocol::FEATURE_TRANSACTIONS
+                    } else {
+                        0
+                    });
                 }
                 other => {
                     return Err(Exit::Local(
@@ -357,7 +442,21 @@ where
         let expiry = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(expiry);
         let queue = self.queue.clone();
+        // A frame is read only with a slot reserved in the application's
+        // event channel: while the application is behind, the session
+        // stops reading (backpressure on the peer) but keeps serving
+        // commands, timers and shutdown; it never blocks inside a frame.
+        let mut slot = Slot::default();
+        slot.fill(&events);
+        let mut pending = match self.pending.take() {
+            Some(frame) => self.on_frame(frame, &session, &mut slot).await,
+            None => None,
+        };
         let exit = loop {
+            if let Some(exit) = pending.take() {
+                break exit;
+            }
+            slot.fill(&events);
             let deadline = self.acks.next_deadline();
             if let Some(d) = deadline
                 && expiry.deadline() != Instant::from_std(d)
@@ -366,11 +465,14 @@ where
             }
             let rx_paused = rx_budget.exhausted();
             tokio::select! {
-                frame = self.next_frame(), if !rx_paused => {
+                reserved = events.clone().reserve_owned(), if slot.empty() && !rx_paused => {
+                    slot.permit = reserved.ok();
+                }
+                frame = self.next_frame(), if slot.ready() && !rx_paused => {
                     heard_since_tick = true;
                     match frame {
                         Ok(frame) => {
-                            if let Some(exit) = self.on_frame(frame, &session, &events).await {
+                            if let Some(exit) = self.on_frame(frame, &session, &mut slot).await {
                                 break exit;
                             }
                         }
@@ -392,9 +494,14 @@ where
                 },
                 _ = rx_budget.room(), if rx_paused => {}
                 _ = heartbeat.tick() => {
-                    // While our own readers hold reading up, the peer's
+                    // While our own readers (stream readers, the
+                    // application's events) hold reading up, the peer's
                     // silence is ours: do not count it against the peer.
-                    if !heard_since_tick && self.role == Role::Server && !rx_budget.exhausted() {
+                    if !heard_since_tick
+                        && self.role == Role::Server
+                        && !rx_budget.exhausted()
+                        && slot.ready()
+                    {
                         break Exit::Local(
                             close::CLIENT_ERROR,
                             format!("heartbeat timeout: nothing received for {keep_alive:?}"),
@@ -472,13 +579,16 @@ where
 
     /// Handles one frame after the handshake. Returns how the session ends,
     /// if this frame ends it.
-    async fn on_frame(
-        &mut self,
-        frame: Frame,
-        session: &Session,
-        events: &mpsc::Sender<SessionEvent>,
-    ) -> Option<Exit> {
+    async fn on_frame(&mut self, frame: Frame, session: &Session, slot: &mut Slot) -> Option<Exit> {
         let ty = frame.body.frame_type();
+        if ty.is_transaction()
+            && self.implicit
+            && session.peer_features() & protocol::FEATURE_TRANSACTIONS == 0
+        {
+            // An implicit handshake announced nothing: the peer's streams
+            // show it speaks transactions.
+            session.set_peer_features(session.peer_features() | protocol::FEATURE_TRANSACTIONS);
+        }
         if ty.is_transaction() && session.peer_features() & protocol::FEATURE_TRANSACTIONS == 0 {
             return Some(Exit::Local(
                 close::SERVER_ERROR,
@@ -528,9 +638,10 @@ where
             | Body::TxCancel { .. }) => {
                 match self.tx.on_frame(&mut self.acks, body) {
                     Some(TxEffect::Malformed(why)) => return self.malformed(why),
+                    Some(TxEffect::Tolerated(kind, what)) => self.tolerate(kind, &what),
                     Some(TxEffect::Announce(stream)) => {
                         if let Some(stream) = session.offer_stream(stream) {
-                            let _ = events.send(SessionEvent::Stream(stream)).await;
+                            slot.send(SessionEvent::Stream(stream));
                         }
                     }
                     None => {}
@@ -541,7 +652,7 @@ where
         let mut message = message;
         let hook = Hook::for_message(&message, false);
         if self.pipeline.run(hook, session, &mut message).await == Verdict::Pass {
-            let _ = events.send(SessionEvent::Message(message)).await;
+            slot.send(SessionEvent::Message(message));
         }
         None
     }
@@ -551,10 +662,13 @@ where
     async fn finish(&mut self, exit: Exit) -> CloseInfo {
         let info = match exit {
             Exit::Peer(info) => {
-                if info.code == close::GRACEFUL && info.by_peer {
-                    // The peer said BYE: close with 4000 and its reason.
+                if info.by_peer && info.code != 1006 {
+                    // The peer said BYE (4000) or closed the WebSocket with
+                    // any code: answer with our close (RFC 6455 §5.5.1).
+                    // After a WebSocket close, tungstenite has queued the
+                    // echo of the peer's code; sending ours flushes it.
                     self.queue.push(Item::Close {
-                        code: close::GRACEFUL,
+                        code: if info.code == 1005 { 1000 } else { info.code },
                         reason: info.reason.clone(),
                     });
                     self.linger().await;
@@ -596,6 +710,48 @@ where
         let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
         // Give the writer a moment to put the close frame on the wire.
         let _ = tokio::time::timeout(Duration::from_millis(200), &mut self.writer).await;
+    }
+}
+
+/// A reserved place in the application's event channel, taken before a
+/// frame is read so that delivering what the frame carries never waits.
+#[derive(Default)]
+struct Slot {
+    /// The reservation, if one is held.
+    permit: Option<mpsc::OwnedPermit<SessionEvent>>,
+    /// The application dropped its events: what frames carry is discarded.
+    gone: bool,
+}
+
+impl Slot {
+    /// Reserves at once if the channel has room (the usual case: no
+    /// await, so no cooperative-budget yield).
+    fn fill(&mut self, events: &mpsc::Sender<SessionEvent>) {
+        if self.permit.is_none() && !self.gone {
+            match events.clone().try_reserve_owned() {
+                Ok(permit) => self.permit = Some(permit),
+                Err(mpsc::error::TrySendError::Closed(_)) => self.gone = true,
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+            }
+        }
+    }
+
+    /// Whether a reservation must be awaited before reading.
+    fn empty(&self) -> bool {
+        self.permit.is_none() && !self.gone
+    }
+
+    /// Whether a frame may be read.
+    fn ready(&self) -> bool {
+        !self.empty()
+    }
+
+    /// Delivers `event` into the reservation (or discards it when the
+    /// application is gone).
+    fn send(&mut self, event: SessionEvent) {
+        if let Some(permit) = self.permit.take() {
+            permit.send(event);
+        }
     }
 }
 

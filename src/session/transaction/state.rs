@@ -122,6 +122,8 @@ struct Incoming {
     size: Option<u64>,
     /// PUSH: the offset the next chunk must have.
     next: u64,
+    /// PUSH: chunks received so far.
+    chunks: u64,
     /// The reader's channel.
     main: mpsc::UnboundedSender<Bytes>,
     /// PULL: requested ranges in request order.
@@ -132,6 +134,8 @@ struct Incoming {
 
 /// What the session's task must do after a transaction frame.
 pub(crate) enum TxEffect {
+    /// A deviation the reference server accepts was accepted: count it.
+    Tolerated(crate::metrics::Tolerated, String),
     /// Count the frame as malformed input (ERROR; 4001 after too many).
     Malformed(String),
     /// Hand a new stream to the application.
@@ -150,6 +154,9 @@ pub(crate) struct Transactions {
     serial: u64,
     /// The session's command channel; set when the session starts running.
     commands: Option<mpsc::UnboundedSender<Command>>,
+    /// Accept the PUSH chunk offsets the reference clients write (not
+    /// strict).
+    lenient: bool,
     /// Transactions we send, by our id.
     outgoing: HashMap<u32, Outgoing>,
     /// Transactions we receive, by the peer's id.
@@ -162,13 +169,14 @@ pub(crate) struct Transactions {
 
 impl Transactions {
     /// `even_ids` for the server end, odd ids for the client end.
-    pub(crate) fn new(sid: u64, queue: Arc<Queue>, even_ids: bool) -> Transactions {
+    pub(crate) fn new(sid: u64, queue: Arc<Queue>, even_ids: bool, lenient: bool) -> Transactions {
         Transactions {
             sid,
             queue,
             next_id: if even_ids { 0 } else { 1 },
             serial: 0,
             commands: None,
+            lenient,
             outgoing: HashMap::new(),
             incoming: HashMap::new(),
             ended: VecDeque::new(),
@@ -313,6 +321,7 @@ impl Transactions {
                 behaviour,
                 size,
                 next: 0,
+                chunks: 0,
                 main,
                 ranges: VecDeque::new(),
                 end: end.clone(),
@@ -350,6 +359,27 @@ impl Transactions {
             )));
         };
         let len = data.len() as u64;
+        // PUSH chunks are appended in arrival order; the offset only
+        // checks that order. Not strict, the two ways the reference clients
+        // get it wrong are accepted (the reference server ignores offsets):
+        // the Node client writes chunk k at its true position + k, the
+        // browser client writes the chunk's end. Anything else (a real gap,
+        // an overlap) is refused as before.
+        let mut tolerated = None;
+        let offset = if inc.behaviour == Behaviour::Push
+            && offset != inc.next
+            && self.lenient
+            && (offset == inc.next.saturating_add(inc.chunks)
+                || offset == inc.next.saturating_add(len))
+        {
+            tolerated = Some(format!(
+                "PUSH chunk {} of transaction {tx_id} at offset {offset}, true position {}",
+                inc.chunks, inc.next
+            ));
+            inc.next
+        } else {
+            offset
+        };
         let Some(chunk_end) = offset.checked_add(len) else {
             let why = format!("chunk offset {offset} overflows");
             self.fail_incoming(acks, tx_id, why);
@@ -375,6 +405,7 @@ impl Transactions {
                     return None;
                 }
                 inc.next = chunk_end;
+                inc.chunks += 1;
                 &inc.main
             }
             Behaviour::Pull => {
@@ -406,7 +437,7 @@ impl Transactions {
         if len > 0 {
             deliver(&self.budget, sink, data);
         }
-        None
+        tolerated.map(|what| TxEffect::Tolerated(crate::metrics::Tolerated::PushOffset, what))
     }
 
     fn on_finish(&mut self, acks: &mut AckTracker, tx_id: u32) -> Option<TxEffect> {

@@ -104,7 +104,7 @@ impl ServerBuilder {
 
     /// Refuse the deviations the reference server tolerates from the
     /// published clients (default off: they are accepted and counted in
-    /// `camp_protocol_tolerated_total`, see [`Tolerated`](crate::metrics::Tolerated)).
+    /// `camp_protocol_tolerated_total`, see [`Tolerated`]).
     pub fn strict(mut self, strict: bool) -> Self {
         self.strict = strict;
         self

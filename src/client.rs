@@ -154,41 +154,8 @@ impl Client {
         shutdown: Option<watch::Receiver<bool>>,
     ) -> Result<(Session, SessionEvents), ClientError> {
         let sid = self.sid.unwrap_or_else(random_sid);
-        let uri: Uri = self
-            .url
-            .parse()
-            .map_err(|e| ClientError::InvalidUrl(format!("{}: {e}", self.url)))?;
-        let secure = match uri.scheme_str() {
-            Some("ws") => false,
-            Some("wss") => true,
-            _ => {
-                return Err(ClientError::InvalidUrl(format!(
-                    "{}: only ws:// and wss:// are supported",
-                    self.url
-                )));
-            }
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| ClientError::InvalidUrl(format!("{}: no host", self.url)))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        let mut query = uri.query().map(|q| format!("{q}&")).unwrap_or_default();
-        query.push_str(&format!(
-            "authorization=Bearer%20{}",
-            percent_encode(&self.token)
-        ));
-        for name in &self.sid_params {
-            query.push_str(&format!("&{name}={sid}"));
-        }
-        let target = format!("{}?{query}", uri.path());
-        let scheme = if secure { "wss" } else { "ws" };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| ClientError::InvalidUrl(format!("{}: no host", self.url)))?;
-        let full = format!("{scheme}://{authority}{target}");
+        let target = UpgradeTarget::parse(&self.url, &self.token, &self.sid_params, sid)?;
+        let (secure, host, port, full) = (target.secure, target.host, target.port, target.url);
         let mut request = full
             .into_client_request()
             .map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
@@ -292,4 +259,103 @@ pub fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// Where and how to upgrade: the one place every client in the repository
+/// (`Client`, `Server::connect_peer`, the `camp` CLI, `camp-bench`) turns a
+/// CAMP URL into the upgrade request's URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeTarget {
+    /// `wss://`.
+    pub secure: bool,
+    /// The host (IPv6 without brackets).
+    pub host: String,
+    /// The port (80 or 443 by default).
+    pub port: u16,
+    /// The URL to request: the given path (`/` when there is none) and
+    /// query, plus `authorization=Bearer <token>` and `NAME=<sid>` for each
+    /// sid parameter name, percent-encoded.
+    pub url: String,
+}
+
+impl UpgradeTarget {
+    /// Parses a `ws://` or `wss://` URL, with or without a path, a trailing
+    /// slash or a query of its own.
+    pub fn parse(
+        url: &str,
+        token: &str,
+        sid_params: &[String],
+        sid: u64,
+    ) -> Result<UpgradeTarget, ClientError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => {
+                return Err(ClientError::InvalidUrl(format!(
+                    "{url}: only ws:// and wss:// are supported"
+                )));
+            }
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| ClientError::InvalidUrl(format!("{url}: no host")))?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let mut query = uri.query().map(|q| format!("{q}&")).unwrap_or_default();
+        query.push_str(&format!("authorization=Bearer%20{}", percent_encode(token)));
+        for name in sid_params {
+            query.push_str(&format!("&{}={sid}", percent_encode(name)));
+        }
+        let path = match uri.path() {
+            "" => "/",
+            path => path,
+        };
+        let scheme = if secure { "wss" } else { "ws" };
+        Ok(UpgradeTarget {
+            secure,
+            host,
+            port,
+            url: format!("{scheme}://{authority}{path}?{query}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(given: &str) -> String {
+        UpgradeTarget::parse(given, "a b", &["x-camp-sid".into()], 7)
+            .unwrap()
+            .url
+    }
+
+    #[test]
+    fn every_form_of_url_gives_one_upgrade_url() {
+        let query = "authorization=Bearer%20a%20b&x-camp-sid=7";
+        assert_eq!(
+            url("ws://127.0.0.1:9"),
+            format!("ws://127.0.0.1:9/?{query}")
+        );
+        assert_eq!(
+            url("ws://127.0.0.1:9/"),
+            format!("ws://127.0.0.1:9/?{query}")
+        );
+        assert_eq!(url("ws://h:9/camp"), format!("ws://h:9/camp?{query}"));
+        assert_eq!(
+            url("ws://h:9/camp/?x=1"),
+            format!("ws://h:9/camp/?x=1&{query}")
+        );
+        assert_eq!(url("ws://h:9?x=1"), format!("ws://h:9/?x=1&{query}"));
+        let t = UpgradeTarget::parse("wss://[::1]", "t", &[], 1).unwrap();
+        assert_eq!((t.secure, t.host.as_str(), t.port), (true, "::1", 443));
+        assert!(UpgradeTarget::parse("http://h/", "t", &[], 1).is_err());
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::{BufMut, Bytes, BytesMut};
+use camp_server::client::UpgradeTarget;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -137,13 +138,8 @@ impl Conn {
         sid: u64,
         sid_param: &str,
     ) -> anyhow::Result<Conn> {
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let full = format!(
-            "{url}{sep}authorization=Bearer%20{}&{}={sid}",
-            camp_server::client::percent_encode(token),
-            camp_server::client::percent_encode(sid_param)
-        );
-        let mut request = full.into_client_request()?;
+        let target = UpgradeTarget::parse(url, token, &[sid_param.to_string()], sid)?;
+        let mut request = target.url.into_client_request()?;
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("camp"));

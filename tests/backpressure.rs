@@ -397,3 +397,68 @@ async fn transaction_frames_wait_instead_of_being_dropped() {
     assert!(binaries > 0 && binaries < flooded);
     assert!(session.queue_stats().peak_bytes <= MIB);
 }
+
+/// Sends `body` from a peer that never reads, until its writes block (the
+/// server stopped reading) or `count` frames went out; returns how many.
+async fn flood_without_reading(
+    peer: &mut crate::common::RawPeer,
+    count: u32,
+    body: impl Fn(u32) -> camp_server::protocol::Body,
+) -> u32 {
+    let mut sent = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        for i in 0..count {
+            peer.send(body(i)).await;
+            sent += 1;
+        }
+    })
+    .await;
+    sent
+}
+
+#[tokio::test]
+async fn a_peer_that_never_reads_cannot_grow_the_queue_with_replies() {
+    use camp_server::protocol::{Body, PingPong};
+    let caps = Backpressure {
+        high_water_mark: 64 * 1024,
+        low_water_mark: 16 * 1024,
+        max_queued_bytes: 64 * 1024,
+        max_queue_count: 64,
+        drop_policy: DropPolicy::DropOldest,
+    };
+    let server = TestServer::echo(Server::builder().backpressure(caps)).await;
+    // PINGs (each answered with a PONG) and data (each answered with an
+    // ACK and an echo) from peers that never read.
+    for (sid, data) in [(1u64, false), (2, true)] {
+        let mut peer = crate::common::RawPeer::connect(server.addr, sid).await;
+        let sent = flood_without_reading(&mut peer, 300_000, |i| {
+            if data {
+                Body::Utf8 {
+                    ack: i,
+                    text: "x".repeat(32),
+                }
+            } else {
+                Body::Ping(PingPong::Ping)
+            }
+        })
+        .await;
+        let stats = server
+            .server
+            .session(sid)
+            .expect("still open")
+            .queue_stats();
+        // The session stopped reading once its queue was full: replies
+        // stay within the caps (plus the replies to the one frame that
+        // filled it), however much the peer sent.
+        assert!(
+            stats.frames <= caps.max_queue_count + 2,
+            "{sent} frames sent: {stats:?}"
+        );
+        assert!(
+            stats.peak_bytes <= caps.max_queued_bytes + 1024,
+            "{sent} frames sent: {stats:?}"
+        );
+        assert!(sent > 1_000, "the peer was never let through: {sent}");
+    }
+    server.shutdown().await;
+}

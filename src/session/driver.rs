@@ -463,8 +463,13 @@ where
             {
                 expiry.as_mut().reset(Instant::from_std(d));
             }
-            let rx_paused = rx_budget.exhausted();
+            // Not reading while our readers are behind (stream chunks
+            // buffered) or the peer is not reading what we send.
+            let congested = queue.congested();
+            let readers_behind = rx_budget.exhausted();
+            let rx_paused = readers_behind || congested;
             tokio::select! {
+                _ = queue.drained(), if congested => {}
                 reserved = events.clone().reserve_owned(), if slot.empty() && !rx_paused => {
                     slot.permit = reserved.ok();
                 }
@@ -492,14 +497,15 @@ where
                         self.tx.on_command(&mut self.acks, command, session.peer_features());
                     }
                 },
-                _ = rx_budget.room(), if rx_paused => {}
+                _ = rx_budget.room(), if readers_behind => {}
                 _ = heartbeat.tick() => {
-                    // While our own readers (stream readers, the
-                    // application's events) hold reading up, the peer's
-                    // silence is ours: do not count it against the peer.
+                    // While we hold reading up (stream readers or the
+                    // application behind, or the peer not reading), the
+                    // peer's silence is ours: do not count it against it.
                     if !heard_since_tick
                         && self.role == Role::Server
                         && !rx_budget.exhausted()
+                        && !queue.congested()
                         && slot.ready()
                     {
                         break Exit::Local(

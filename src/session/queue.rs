@@ -332,6 +332,33 @@ impl Queue {
         }
     }
 
+    /// Whether the peer is not keeping up: the queue holds `max_queue_count`
+    /// frames or `max_queued_bytes` bytes. The session then stops reading
+    /// from the peer (every frame read may queue a reply: an ACK, a PONG),
+    /// so control frames stay bounded too.
+    pub(crate) fn congested(&self) -> bool {
+        let s = self.lock();
+        s.items.len() >= self.limits.max_queue_count || s.bytes >= self.limits.max_queued_bytes
+    }
+
+    /// Waits until a congested queue drained to `low_water_mark` bytes and
+    /// half of `max_queue_count` frames (or closed).
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.room.notified();
+            {
+                let s = self.lock();
+                if s.closed
+                    || (s.bytes <= self.limits.low_water_mark
+                        && s.items.len() <= self.limits.max_queue_count / 2)
+                {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Stops the queue: pushes fail from now on, waiting senders give up.
     pub(crate) fn close(&self) {
         self.lock().closed = true;

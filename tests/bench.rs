@@ -257,3 +257,44 @@ async fn echo_through_the_example_plugin_pipeline() {
     assert_eq!(report["kind"], "utf8");
     server.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn flood_a_server_that_stops_reading() {
+    let (mut server, url) = start(
+        env!("CARGO_BIN_EXE_camp-server"),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--token",
+            TOKEN,
+            "--log",
+            "warn",
+        ],
+    )
+    .await;
+    let pid = server.id().unwrap().to_string();
+    let (ok, report) = bench(&[
+        "flood",
+        "--url",
+        &url,
+        "--token",
+        TOKEN,
+        "--kind",
+        "ping",
+        "--frames",
+        "20000",
+        "--blocked-s",
+        "2",
+        "--server-pid",
+        &pid,
+    ])
+    .await;
+    assert!(ok, "{report}");
+    assert_eq!(report["bench"], "flood");
+    assert_eq!(report["kind"], "ping");
+    let sent = report["sent"].as_u64().unwrap();
+    assert!(sent == 20_000 || report["blocked"] == true, "{report}");
+    assert!(report["rss_after"].as_u64().unwrap() > 0, "{report}");
+    server.kill().await.unwrap();
+}

@@ -10,13 +10,16 @@
 //!   the same run;
 //! - `idle` opens N idle sessions and reports the server's resident memory
 //!   per session;
-//! - `transfer` measures stream throughput (MB/s) for PUSH and PULL.
+//! - `transfer` measures stream throughput (MB/s) for PUSH and PULL;
+//! - `flood` is a peer that sends and never reads, and reports the server's
+//!   memory before and after.
 //!
 //! Every subcommand talks to loopback addresses only and is bounded in
 //! count and time.
 
 mod baseline;
 mod echo;
+mod flood;
 mod idle;
 mod transfer;
 mod wire;
@@ -53,6 +56,9 @@ enum Command {
     /// Stream throughput (MB/s) for PUSH and PULL against a server that
     /// streams every stream back (the `camp-server` binary).
     Transfer(transfer::TransferArgs),
+    /// A peer that sends PINGs or data and never reads; the server's
+    /// memory before and after.
+    Flood(flood::FloodArgs),
 }
 
 /// Exit status 0 when the run completed without errors, 1 otherwise (the
@@ -71,6 +77,7 @@ fn main() -> ExitCode {
                     Command::Baseline(a) => baseline::run(a).await,
                     Command::Idle(a) => idle::run(a).await,
                     Command::Transfer(a) => transfer::run(a).await,
+                    Command::Flood(a) => flood::run(a).await,
                 }
             })
         });

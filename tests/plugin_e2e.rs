@@ -7,9 +7,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{TOKEN, TestServer};
+use crate::common::TestServer;
 use crate::plugin_support::*;
-use camp_server::client::Client;
 use camp_server::extension::wasm::content_hash;
 use camp_server::extension::{Message, Pipeline};
 use camp_server::server::Server;
@@ -18,11 +17,7 @@ use serde_json::{Value, json};
 
 /// Connects a client with session id `sid`.
 async fn connect(server: &TestServer, sid: u64) -> (Session, SessionEvents) {
-    Client::new(server.url(), TOKEN)
-        .sid(sid)
-        .connect()
-        .await
-        .expect("client connects")
+    server.client(sid).await
 }
 
 /// The next message, within 10 s.

@@ -10,9 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::common::{TOKEN, TestServer};
+use crate::common::TestServer;
 use crate::plugin_support::*;
-use camp_server::client::Client;
 use camp_server::extension::wasm::{InstanceError, LoadError};
 use camp_server::extension::{Extension, Hook, HookError, Message, Pipeline, Verdict};
 use camp_server::server::Server;
@@ -34,11 +33,7 @@ fn logs() -> &'static LogCapture {
 
 /// Connects a client with session id `sid`.
 async fn connect(server: &TestServer, sid: u64) -> (Session, SessionEvents) {
-    Client::new(server.url(), TOKEN)
-        .sid(sid)
-        .connect()
-        .await
-        .expect("client connects")
+    server.client(sid).await
 }
 
 /// The next text message within `wait`, `None` if none came.

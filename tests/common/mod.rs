@@ -82,6 +82,15 @@ impl TestServer {
         format!("ws://{}/", self.addr)
     }
 
+    /// Connects a library client as session `sid` (token `secret`).
+    pub async fn client(&self, sid: u64) -> (Session, SessionEvents) {
+        camp_server::client::Client::new(self.url(), TOKEN)
+            .sid(sid)
+            .connect()
+            .await
+            .expect("client connects")
+    }
+
     /// The `wss://` URL for a server with a certificate for `localhost`.
     pub fn wss_url(&self) -> String {
         format!("wss://localhost:{}/", self.addr.port())

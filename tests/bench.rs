@@ -16,21 +16,20 @@ async fn start(program: &str, args: &[&str]) -> (Child, String) {
     (spawned.child, spawned.url)
 }
 
-/// Starts the `camp-server` binary (token `secret`, no admin listener).
-async fn start_server() -> (Child, String) {
-    start(
-        env!("CARGO_BIN_EXE_camp-server"),
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--no-admin",
-            "--token",
-            TOKEN,
-            "--log",
-            "warn",
-        ],
-    )
-    .await
+/// Starts the `camp-server` binary (token `secret`, no admin listener)
+/// with `extra` arguments.
+async fn start_server(extra: &[&str]) -> (Child, String) {
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1:0",
+        "--no-admin",
+        "--token",
+        TOKEN,
+        "--log",
+        "warn",
+    ];
+    args.extend_from_slice(extra);
+    start(env!("CARGO_BIN_EXE_camp-server"), &args).await
 }
 
 /// Runs `camp-bench` with `args`; returns its exit success and the JSON of
@@ -96,7 +95,7 @@ fn echo_args<'a>(url: &'a str, size: &'a str) -> Vec<&'a str> {
 
 #[tokio::test]
 async fn echo_against_the_server_binary() {
-    let (mut server, url) = start_server().await;
+    let (mut server, url) = start_server(&[]).await;
     let (ok, report) = bench(&echo_args(&url, "64")).await;
     assert!(ok, "{report}");
     check_echo(&report, 2, 200, 64);
@@ -145,7 +144,7 @@ async fn echo_against_the_baseline() {
 
 #[tokio::test]
 async fn idle_reports_memory_per_session() {
-    let (mut server, url) = start_server().await;
+    let (mut server, url) = start_server(&[]).await;
     let pid = server.id().unwrap().to_string();
     let (ok, report) = bench(&[
         "idle",
@@ -181,7 +180,7 @@ async fn refuses_non_loopback_targets() {
 
 #[tokio::test]
 async fn transfer_reports_push_and_pull_throughput() {
-    let (mut server, url) = start_server().await;
+    let (mut server, url) = start_server(&[]).await;
     let (ok, report) = bench(&[
         "transfer",
         "--url",
@@ -215,21 +214,7 @@ async fn echo_through_the_example_plugin_pipeline() {
             std::fs::copy(built.join(&file), dir.path().join(&file)).unwrap();
         }
     }
-    let (mut server, url) = start(
-        env!("CARGO_BIN_EXE_camp-server"),
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--no-admin",
-            "--token",
-            TOKEN,
-            "--log",
-            "warn",
-            "--plugins",
-            dir.path().to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (mut server, url) = start_server(&["--plugins", dir.path().to_str().unwrap()]).await;
     let mut args = echo_args(&url, "64");
     args.push("--text");
     let (ok, report) = bench(&args).await;
@@ -241,7 +226,7 @@ async fn echo_through_the_example_plugin_pipeline() {
 
 #[tokio::test]
 async fn flood_a_server_that_stops_reading() {
-    let (mut server, url) = start_server().await;
+    let (mut server, url) = start_server(&[]).await;
     let pid = server.id().unwrap().to_string();
     let (ok, report) = bench(&[
         "flood",

@@ -462,3 +462,30 @@ async fn a_peer_that_never_reads_cannot_grow_the_queue_with_replies() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_application_that_does_not_take_its_messages_holds_reading_at_the_cap() {
+    use camp_server::protocol::Body;
+    let caps = Backpressure {
+        max_queued_bytes: MIB,
+        ..limits(DropPolicy::DropOldest)
+    };
+    let (server, mut sessions) =
+        TestServer::with_sessions(Server::builder().tokens([TOKEN]).backpressure(caps)).await;
+    let mut peer = crate::common::RawPeer::connect(server.addr, 9).await;
+    // The application holds its events and never takes a message.
+    let (_session, _events) = sessions.recv().await.unwrap();
+    let chunk = bytes::Bytes::from(vec![7u8; 256 * 1024]);
+    // 200 × 256 KiB = 50 MiB: far more than the cap plus the sockets'
+    // buffers, and less than the 256 events the channel holds by count.
+    let sent = flood_without_reading(&mut peer, 200, |i| Body::Binary {
+        ack: i,
+        data: chunk.clone(),
+    })
+    .await;
+    assert!(
+        sent < 200,
+        "the session kept reading: all {sent} messages taken"
+    );
+    server.shutdown().await;
+}

@@ -20,7 +20,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use super::ack::AckTracker;
 use super::queue::{Backpressure, Class, Item, Pushed, Queue};
 use super::transaction::{Transactions, TxEffect};
-use super::{CloseInfo, Command, DeliveryError, Session, SessionEvent, SessionEvents, Stats};
+use super::{
+    CloseInfo, Command, DeliveryError, EventBytes, Session, SessionEvent, SessionEvents, Stats,
+};
 use crate::extension::{Hook, Message, Pipeline, Verdict};
 use crate::metrics::{Metrics, Tolerated};
 use crate::protocol::{self, Body, Frame, FrameError, PingPong, close};
@@ -425,7 +427,7 @@ where
         mut self,
         session: Session,
         mut commands: mpsc::UnboundedReceiver<Command>,
-        events: mpsc::Sender<SessionEvent>,
+        events: EventSender,
         mut shutdown: watch::Receiver<bool>,
     ) -> CloseInfo {
         self.pipeline.session_opened(&session).await;
@@ -446,8 +448,12 @@ where
         // event channel: while the application is behind, the session
         // stops reading (backpressure on the peer) but keeps serving
         // commands, timers and shutdown; it never blocks inside a frame.
-        let mut slot = Slot::default();
-        slot.fill(&events);
+        let mut slot = Slot {
+            permit: None,
+            gone: false,
+            waiting: events.waiting.clone(),
+        };
+        slot.fill(&events.tx);
         let mut pending = match self.pending.take() {
             Some(frame) => self.on_frame(frame, &session, &mut slot).await,
             None => None,
@@ -456,7 +462,7 @@ where
             if let Some(exit) = pending.take() {
                 break exit;
             }
-            slot.fill(&events);
+            slot.fill(&events.tx);
             let deadline = self.acks.next_deadline();
             if let Some(d) = deadline
                 && expiry.deadline() != Instant::from_std(d)
@@ -467,10 +473,15 @@ where
             // buffered) or the peer is not reading what we send.
             let congested = queue.congested();
             let readers_behind = rx_budget.exhausted();
-            let rx_paused = readers_behind || congested;
+            // The application has not taken this many bytes of messages:
+            // the per-session cap holds for what we deliver too.
+            let app_behind = events.waiting.bytes.load(Ordering::Acquire)
+                >= self.queue.limits().max_queued_bytes;
+            let rx_paused = readers_behind || congested || app_behind;
             tokio::select! {
+                _ = events.waiting.taken.notified(), if app_behind => {}
                 _ = queue.drained(), if congested => {}
-                reserved = events.clone().reserve_owned(), if slot.empty() && !rx_paused => {
+                reserved = events.tx.clone().reserve_owned(), if slot.empty() && !rx_paused => {
                     slot.permit = reserved.ok();
                 }
                 frame = self.next_frame(), if slot.ready() && !rx_paused => {
@@ -504,8 +515,7 @@ where
                     // peer's silence is ours: do not count it against it.
                     if !heard_since_tick
                         && self.role == Role::Server
-                        && !rx_budget.exhausted()
-                        && !queue.congested()
+                        && !rx_paused
                         && slot.ready()
                     {
                         break Exit::Local(
@@ -519,7 +529,7 @@ where
                     }
                     let stats = self.stats();
                     session.set_stats(stats);
-                    let _ = events.try_send(SessionEvent::Stats(stats));
+                    let _ = events.tx.try_send(SessionEvent::Stats(stats));
                 }
                 _ = &mut expiry, if deadline.is_some() => {
                     let expired = self.acks.expire(Instant::now().into_std());
@@ -538,7 +548,7 @@ where
         session.set_stats(self.stats());
         session.mark_closed();
         self.pipeline.session_closed(&session).await;
-        let _ = events.send(SessionEvent::Closed(info.clone())).await;
+        let _ = events.tx.send(SessionEvent::Closed(info.clone())).await;
         info
     }
 
@@ -721,12 +731,13 @@ where
 
 /// A reserved place in the application's event channel, taken before a
 /// frame is read so that delivering what the frame carries never waits.
-#[derive(Default)]
 struct Slot {
     /// The reservation, if one is held.
     permit: Option<mpsc::OwnedPermit<SessionEvent>>,
     /// The application dropped its events: what frames carry is discarded.
     gone: bool,
+    /// Message bytes the application has not taken.
+    waiting: Arc<EventBytes>,
 }
 
 impl Slot {
@@ -756,15 +767,34 @@ impl Slot {
     /// application is gone).
     fn send(&mut self, event: SessionEvent) {
         if let Some(permit) = self.permit.take() {
+            if let SessionEvent::Message(m) = &event {
+                self.waiting.bytes.fetch_add(m.len(), Ordering::AcqRel);
+            }
             permit.send(event);
         }
     }
 }
 
+/// The session's end of the application's event channel, with the count
+/// of message bytes the application has not taken yet.
+pub(crate) struct EventSender {
+    /// The channel.
+    tx: mpsc::Sender<SessionEvent>,
+    /// Bytes waiting, shared with [`SessionEvents`].
+    waiting: Arc<EventBytes>,
+}
+
 /// Builds the application's event channel.
-pub(crate) fn event_channel() -> (mpsc::Sender<SessionEvent>, SessionEvents) {
+pub(crate) fn event_channel() -> (EventSender, SessionEvents) {
     let (tx, rx) = mpsc::channel(EVENTS_CAPACITY);
-    (tx, SessionEvents(rx))
+    let waiting = Arc::new(EventBytes::default());
+    (
+        EventSender {
+            tx,
+            waiting: waiting.clone(),
+        },
+        SessionEvents(rx, waiting),
+    )
 }
 
 /// Completes when `shutdown` turns true; never, if its sender is gone.

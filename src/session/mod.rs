@@ -25,7 +25,7 @@ pub(crate) use driver::{Driver, Role, SessionConfig, event_channel};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -111,21 +111,40 @@ pub enum SessionEvent {
     Closed(CloseInfo),
 }
 
+/// Bytes of messages delivered to the application's event channel and not
+/// yet taken: the session stops reading from the peer above its
+/// `max_queued_bytes` (the per-session cap, both ways).
+#[derive(Debug, Default)]
+pub(crate) struct EventBytes {
+    /// Payload bytes waiting.
+    pub(crate) bytes: AtomicUsize,
+    /// Signalled when the application took a message.
+    pub(crate) taken: tokio::sync::Notify,
+}
+
 /// The stream of a session's events.
 #[derive(Debug)]
-pub struct SessionEvents(pub(crate) mpsc::Receiver<SessionEvent>);
+pub struct SessionEvents(
+    pub(crate) mpsc::Receiver<SessionEvent>,
+    pub(crate) Arc<EventBytes>,
+);
 
 impl SessionEvents {
     /// The next event; `None` after [`SessionEvent::Closed`].
     pub async fn next(&mut self) -> Option<SessionEvent> {
-        self.0.recv().await
+        let event = self.0.recv().await;
+        if let Some(SessionEvent::Message(m)) = &event {
+            self.1.bytes.fetch_sub(m.len(), Ordering::AcqRel);
+            self.1.taken.notify_one();
+        }
+        event
     }
 
     /// The next message, skipping statistics and cancelling streams;
     /// `None` once the session closed.
     pub async fn next_message(&mut self) -> Option<Message> {
         loop {
-            match self.0.recv().await? {
+            match self.next().await? {
                 SessionEvent::Message(m) => return Some(m),
                 SessionEvent::Stats(_) | SessionEvent::Stream(_) => {}
                 SessionEvent::Closed(_) => return None,
@@ -137,7 +156,7 @@ impl SessionEvents {
     /// anything before.
     pub async fn closed(&mut self) -> Option<CloseInfo> {
         loop {
-            if let SessionEvent::Closed(info) = self.0.recv().await? {
+            if let SessionEvent::Closed(info) = self.next().await? {
                 return Some(info);
             }
         }

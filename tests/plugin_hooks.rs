@@ -501,11 +501,36 @@ fn rpc_lets_everything_else_pass() {
 fn components_that_do_not_fit_the_world_are_refused() {
     let err = try_load("wrong", WRONG_EXPORTS, "").unwrap_err();
     assert!(matches!(err, LoadError::World { .. }), "{err}");
+    // Every missing export is named, not only the first.
+    assert!(
+        err.to_string().contains(
+            "missing exports of the camp:extension/plugin world: name, hooks, on-register"
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("on-receive-error"), "{err}");
     let err = host()
         .load("garbage", b"\0asm not really", config(""))
         .map(|_| ())
         .unwrap_err();
     assert!(matches!(err, LoadError::Compile { .. }), "{err}");
+    // A core module is not a component: the error says how to make one.
+    let err = host()
+        .load("core", b"\0asm\x01\0\0\0", config(""))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::Compile { message, .. } if message.contains("core WebAssembly module, not a component") && message.contains("wasm-tools component new")),
+        "{err}"
+    );
+    // componentize-js's default wasi:http import is named, with the fix.
+    let http = br#"(component
+        (import "wasi:http/types@0.2.3" (instance (export "fields" (type (sub resource))))))"#;
+    let err = host().load("js", http, config("")).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::World { message, .. } if message.contains("wasi:http") && message.contains("-d http fetch-event")),
+        "{err}"
+    );
     // on-register refusing is reported as such.
     let err = try_load("refuser", PROBE, "config = '{\"refuse\": \"no thanks\"}'").unwrap_err();
     assert!(err.to_string().contains("no thanks"), "{err}");

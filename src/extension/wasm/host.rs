@@ -218,6 +218,16 @@ impl PluginHost {
         config: PluginConfig,
     ) -> Result<(Arc<WasmPlugin>, LoadTimings), LoadError> {
         let started = Instant::now();
+        if bytes.starts_with(CORE_MODULE_HEADER) {
+            return Err(LoadError::Compile {
+                name: name.to_string(),
+                message: "this is a core WebAssembly module, not a component: build for \
+                          wasm32-wasip2 (Rust), or wrap a wasm32-wasip1 module with \
+                          `wasm-tools component new --adapt` and the WASI preview1 reactor \
+                          adapter (crate wasi-preview1-component-adapter-provider)"
+                    .into(),
+            });
+        }
         let hash = content_hash(bytes);
         let (component, cache) = self
             .shared
@@ -240,7 +250,7 @@ impl PluginHost {
             })
             .map_err(|e| LoadError::World {
                 name: name.to_string(),
-                message: format!("{e:#}"),
+                message: explain_world_error(&component, &format!("{e:#}")),
             })?;
         let plugin = WasmPlugin::new(
             self.shared.clone(),
@@ -295,6 +305,55 @@ impl PluginHost {
             let _ = handle.join();
         }
     }
+}
+
+/// The first bytes of a core WebAssembly module (magic and version 1); a
+/// component has the same magic with another version and layer.
+const CORE_MODULE_HEADER: &[u8] = b"\0asm\x01\0\0\0";
+
+/// The exports of the `camp:extension/plugin` world.
+const WORLD_EXPORTS: [&str; 12] = [
+    "name",
+    "hooks",
+    "on-register",
+    "on-unregister",
+    "session-opened",
+    "session-closed",
+    "before-send-utf8",
+    "before-send-binary",
+    "before-send-error",
+    "on-receive-utf8",
+    "on-receive-binary",
+    "on-receive-error",
+];
+
+/// Wasmtime's reason a component does not fit the world, with what an
+/// author needs to fix it: every missing export (wasmtime names only the
+/// first), and the usual cause of an import the host does not offer.
+fn explain_world_error(component: &wasmtime::component::Component, error: &str) -> String {
+    let missing: Vec<&str> = WORLD_EXPORTS
+        .into_iter()
+        .filter(|name| component.get_export_index(None, name).is_none())
+        .collect();
+    let mut message = error.to_string();
+    if !missing.is_empty() {
+        message.push_str(&format!(
+            "; missing exports of the camp:extension/plugin world: {}",
+            missing.join(", ")
+        ));
+    }
+    if error.contains("wasi:http") {
+        message.push_str(
+            "; the host offers no wasi:http: componentize-js adds it unless the plugin is \
+             built with `-d http fetch-event`",
+        );
+    } else if error.contains("matching implementation was not found") {
+        message.push_str(
+            "; a plugin may import only camp:extension/host and WASI p2 (cli, clocks, io, \
+             random, filesystem, sockets)",
+        );
+    }
+    message
 }
 
 /// The pipeline name of a plugin file: its stem.

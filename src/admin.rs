@@ -5,7 +5,8 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /metrics` | counters and histograms, Prometheus text format |
-//! | `GET /healthz` | `ok` |
+//! | `GET /healthz` | `ok` (the process is up) |
+//! | `GET /readyz` | 200 `ready` once sessions are served (the initial plugins loaded); 503 `starting` before |
 //! | `GET /admin` | JSON: `sessions`, `extensions` (and `plugins` when a plugin host reports) |
 
 use std::future::Future;
@@ -160,6 +161,14 @@ async fn handle(mut stream: TcpStream, server: &Server, report: Option<&dyn Admi
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
         }
         ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string()),
+        ("GET", "/readyz") if server.is_ready() => {
+            ("200 OK", "text/plain; charset=utf-8", "ready\n".to_string())
+        }
+        ("GET", "/readyz") => (
+            "503 Service Unavailable",
+            "text/plain; charset=utf-8",
+            "starting\n".to_string(),
+        ),
         ("GET", "/admin") => {
             let view = admin_view(server, report);
             ("200 OK", "application/json", format!("{view:#}\n"))

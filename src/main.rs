@@ -141,30 +141,21 @@ async fn main() -> anyhow::Result<()> {
         cache_dir: settings.plugin_cache.clone(),
         defaults: settings.plugin_defaults.clone(),
     })?;
-    let plugins = match &settings.plugins {
-        Some(dir) => {
-            let (h, d, p) = (host.clone(), dir.clone(), pipeline.clone());
-            let (plugins, report) =
-                tokio::task::spawn_blocking(move || h.open_dir(d, p, DirOptions::default()))
-                    .await?;
-            tracing::info!(
-                dir = %dir.display(),
-                loaded = ?report.loaded,
-                failed = ?report.failed,
-                "plugins loaded; watching the folder for changes"
-            );
-            plugins.watch()?;
-            Some(Arc::new(plugins))
-        }
-        None => None,
-    };
+    // With a plugin folder, sessions are refused (503) until its plugins
+    // are loaded, while the listeners, the admin view and /readyz are up
+    // at once.
+    let plugins = settings
+        .plugins
+        .as_ref()
+        .map(|dir| Arc::new(host.plugin_dir(dir.clone(), pipeline.clone(), DirOptions::default())));
 
     let mut builder = Server::builder()
         .pipeline(pipeline)
         .tokens(settings.tokens.clone())
         .keep_alive(settings.keep_alive)
         .strict(settings.strict)
-        .backpressure(settings.backpressure);
+        .backpressure(settings.backpressure)
+        .ready(plugins.is_none());
     let scheme = match &settings.tls {
         Some((cert, key)) => {
             builder = builder.tls(TlsConfig::from_pem_files(cert, key)?);
@@ -183,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {admin_addr} (admin)"))?;
         let admin_local = admin.local_addr()?;
-        tracing::info!("admin on http://{admin_local}/ (/metrics, /healthz, /admin)");
+        tracing::info!("admin on http://{admin_local}/ (/metrics, /healthz, /readyz, /admin)");
         println!("camp-server admin on http://{admin_local}/");
         tokio::spawn(camp_server::admin::serve(
             admin,
@@ -204,13 +195,49 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(echo(session, events));
         }
     });
-    server.serve(listener, shutdown_signal()).await?;
+    let (abort, aborted) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn({
+        let server = server.clone();
+        async move {
+            let stop = async {
+                tokio::select! {
+                    _ = shutdown_signal() => {}
+                    _ = aborted => {}
+                }
+            };
+            server.serve(listener, stop).await
+        }
+    });
+    let mut failed = None;
+    if let (Some(plugins), Some(dir)) = (&plugins, &settings.plugins) {
+        let started = std::time::Instant::now();
+        let loading = plugins.clone();
+        let report = tokio::task::spawn_blocking(move || loading.load_initial()).await?;
+        tracing::info!(
+            dir = %dir.display(),
+            loaded = ?report.loaded,
+            failed = ?report.failed,
+            ms = started.elapsed().as_millis() as u64,
+            "plugins loaded; serving sessions and watching the folder for changes"
+        );
+        match plugins.watch() {
+            Ok(()) => server.set_ready(),
+            Err(e) => {
+                failed = Some(e);
+                let _ = abort.send(());
+            }
+        }
+    }
+    serving.await??;
     let _ = stop_admin.send(());
     if let Some(plugins) = &plugins {
         plugins.stop();
         plugins.unload_all();
     }
     host.shutdown();
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
     tracing::info!("stopped");
     Ok(())
 }

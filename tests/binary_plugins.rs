@@ -269,3 +269,39 @@ async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
         );
     }
 }
+
+#[tokio::test]
+async fn sessions_wait_for_the_initial_plugins_with_a_503_and_readyz_says_when() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(camp_artifacts::PROBE, dir.path().join("probe.wasm")).unwrap();
+    // A plugin whose load takes most of a second.
+    std::fs::write(
+        dir.path().join("probe.toml"),
+        "config = '{\"register_sleep_ms\":900,\"tag\":\"p\",\"hooks\":[\"on-receive-utf8\"]}'\n",
+    )
+    .unwrap();
+    let (_child, url, admin) = start(dir.path()).await;
+    // Up at once: a session is refused with 503 until the plugins are in.
+    let refused = Client::new(&url, "secret").connect().await.unwrap_err();
+    assert!(refused.to_string().contains("503"), "{refused}");
+    let status = |text: &str| text.split_whitespace().nth(1).unwrap_or("").to_string();
+    let readyz = async |addr: &str| {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).await.unwrap();
+        text
+    };
+    assert_eq!(status(&readyz(&admin).await), "503");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&readyz(&admin).await) != "200" {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Ready: served, through the plugin.
+    let (client, mut events) = Client::new(&url, "secret").connect().await.unwrap();
+    client.send_utf8("hi");
+    assert_eq!(reply(&mut events).await.unwrap(), "hi|p");
+}

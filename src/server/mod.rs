@@ -30,7 +30,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -76,6 +76,8 @@ pub struct ServerBuilder {
     peer_tls: Option<ClientTls>,
     /// Refuse what the reference server tolerates.
     strict: bool,
+    /// Serve upgrades from the start.
+    ready: bool,
 }
 
 impl Default for ServerBuilder {
@@ -89,6 +91,7 @@ impl Default for ServerBuilder {
             tls: None,
             peer_tls: None,
             strict: false,
+            ready: true,
         }
     }
 }
@@ -99,6 +102,15 @@ impl ServerBuilder {
     /// tick is closed (after one to two intervals of silence).
     pub fn keep_alive(mut self, interval: Duration) -> Self {
         self.keep_alive = interval;
+        self
+    }
+
+    /// Whether the server serves upgrades as soon as it runs (default
+    /// true). With false, upgrades are refused with 503 (`not_ready`) until
+    /// [`Server::set_ready`]: the `camp-server` binary starts so, so that
+    /// no session is served before its initial plugins are loaded.
+    pub fn ready(mut self, ready: bool) -> Self {
+        self.ready = ready;
         self
     }
 
@@ -188,6 +200,7 @@ impl ServerBuilder {
             registry: Registry::default(),
             incoming: tx,
             shutdown,
+            ready: AtomicBool::new(self.ready),
         };
         (
             Server {
@@ -221,6 +234,9 @@ struct Inner {
     incoming: mpsc::UnboundedSender<(Session, SessionEvents)>,
     /// Turns true when the server shuts down; every session watches it.
     shutdown: watch::Sender<bool>,
+    /// Whether upgrades are served: false until the application says the
+    /// server is ready (e.g. its initial plugins loaded).
+    ready: AtomicBool,
 }
 
 /// A CAMP server. Cheap to clone; clones are the same server.
@@ -233,6 +249,16 @@ impl Server {
     /// A builder with the reference server's defaults.
     pub fn builder() -> ServerBuilder {
         ServerBuilder::default()
+    }
+
+    /// Whether the server serves upgrades (see [`ServerBuilder::ready`]).
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the server ready: upgrades are served from now on.
+    pub fn set_ready(&self) {
+        self.inner.ready.store(true, Ordering::Release);
     }
 
     /// The extension pipeline (register, replace, unregister, list).
@@ -367,6 +393,11 @@ impl Inner {
         let shutting_down = *self.shutdown.borrow();
         if shutting_down {
             let refusal = Refusal::new(503, "shutting_down", "server is shutting down");
+            return self.refuse(&mut stream, remote, refusal).await;
+        }
+        if !self.ready.load(Ordering::Acquire) {
+            // Never serve a session before its extensions are in place.
+            let refusal = Refusal::new(503, "not_ready", "server is starting (loading plugins)");
             return self.refuse(&mut stream, remote, refusal).await;
         }
         if !(self.validator)(up.token.clone()).await {

@@ -322,7 +322,21 @@ impl PluginHost {
         pipeline: Pipeline,
         options: DirOptions,
     ) -> (PluginDir, ScanReport) {
-        let dir = PluginDir {
+        let dir = self.plugin_dir(dir, pipeline, options);
+        let report = dir.load_initial();
+        (dir, report)
+    }
+
+    /// The folder handle without loading anything yet: its status is empty
+    /// until [`PluginDir::load_initial`] (the server binary reports it
+    /// while the initial plugins load).
+    pub fn plugin_dir(
+        &self,
+        dir: impl Into<PathBuf>,
+        pipeline: Pipeline,
+        options: DirOptions,
+    ) -> PluginDir {
+        PluginDir {
             inner: Arc::new(DirInner {
                 host: self.clone(),
                 dir: dir.into(),
@@ -332,9 +346,7 @@ impl PluginHost {
                 scanning: Mutex::new(()),
             }),
             watch: Mutex::new(None),
-        };
-        let report = dir.inner.scan(true);
-        (dir, report)
+        }
     }
 }
 
@@ -342,6 +354,12 @@ impl PluginDir {
     /// The folder.
     pub fn path(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Loads every plugin of the folder as it is now, without waiting for
+    /// files to settle (blocking: the first scan).
+    pub fn load_initial(&self) -> ScanReport {
+        self.inner.scan(true)
     }
 
     /// Reconciles the folder with the pipeline now (blocking).

@@ -215,6 +215,7 @@ async fn echo_through_the_example_plugin_pipeline() {
         }
     }
     let (mut server, url) = start_server(&["--plugins", dir.path().to_str().unwrap()]).await;
+    crate::common::wait_ready(&url, TOKEN).await;
     let mut args = echo_args(&url, "64");
     args.push("--text");
     let (ok, report) = bench(&args).await;

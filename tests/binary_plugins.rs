@@ -31,6 +31,13 @@ async fn start(dir: &Path) -> (Child, String, String) {
     (spawned.child, spawned.url, admin)
 }
 
+/// [`start`], then waits until the initial plugins are loaded.
+async fn start_ready(dir: &Path) -> (Child, String, String) {
+    let started = start(dir).await;
+    crate::common::wait_ready(&started.1, "secret").await;
+    started
+}
+
 async fn admin_get(addr: &str, path: &str) -> String {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
@@ -59,7 +66,7 @@ async fn binary_runs_the_example_pipeline_and_hot_reloads_it() {
             std::fs::copy(built.join(&file), dir.path().join(&file)).unwrap();
         }
     }
-    let (_child, url, admin) = start(dir.path()).await;
+    let (_child, url, admin) = start_ready(dir.path()).await;
     let (client, mut events) = Client::new(&url, "secret").connect().await.unwrap();
 
     // rpc answers and consumes its requests.
@@ -187,6 +194,7 @@ async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
         }
     }
     let pid = child.id().unwrap();
+    crate::common::wait_ready(&url, "secret").await;
     let (warm, mut warm_events) = Client::new(&url, "secret").sid(1).connect().await.unwrap();
     warm.send_utf8("");
     reply(&mut warm_events).await;

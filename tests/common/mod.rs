@@ -266,6 +266,27 @@ pub async fn spawn_announcing(program: &str, args: &[&str]) -> Spawned {
     Spawned { child, url, admin }
 }
 
+/// Waits until the server at `url` serves sessions (bearer `token`): a
+/// server binary with a plugin folder answers 503 until its initial
+/// plugins are loaded.
+pub async fn wait_ready(url: &str, token: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match camp_server::client::Client::new(url, token).connect().await {
+            Ok((session, mut events)) => {
+                session.close("ready");
+                let _ = events.closed().await;
+                return;
+            }
+            Err(e) if e.to_string().contains("503") => {
+                assert!(std::time::Instant::now() < deadline, "{url} never ready");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{url}: {e}"),
+        }
+    }
+}
+
 /// A folder with the example plugins (`logger`, `filter`, `rpc`: `.wasm`
 /// and example `.toml`), as the README's run command uses them; installed
 /// once per test run.

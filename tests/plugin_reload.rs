@@ -314,3 +314,34 @@ fn a_restart_loads_compiled_plugins_from_the_disk_cache() {
         restart.instantiate
     );
 }
+
+#[test]
+fn a_file_caught_half_written_is_waited_for_not_reported_as_broken() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pipeline = Pipeline::new();
+    let (plugins, report) = host().open_dir(dir, pipeline.clone(), options());
+    assert!(report.loaded.is_empty());
+    let whole = bytes(PROBE);
+    let wasm = dir.join("probe.wasm");
+    // Half of the file, old enough to count as settled.
+    std::fs::write(&wasm, &whole[..whole.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let report = plugins.rescan();
+    assert_eq!(report.pending, ["probe"], "{report:?}");
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_eq!(status(&plugins, "probe").unwrap().load_errors, 0);
+    // The rest arrives: it loads, and nothing was reported as broken.
+    std::fs::write(&wasm, &whole).unwrap();
+    wait_until("the whole file loads", || {
+        plugins.rescan();
+        status(&plugins, "probe").is_some_and(|s| s.loads == 1)
+    });
+    assert_eq!(status(&plugins, "probe").unwrap().load_errors, 0);
+    // Bytes that stay broken are reported, once they failed twice.
+    std::fs::write(&wasm, &whole[..whole.len() / 3]).unwrap();
+    wait_until("the broken file is reported", || {
+        plugins.rescan();
+        status(&plugins, "probe").is_some_and(|s| s.load_errors == 1)
+    });
+}

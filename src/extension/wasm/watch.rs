@@ -211,6 +211,10 @@ struct Tracked {
     /// Fingerprint of the last load attempt (success or failure): an
     /// unchanged fingerprint is not retried.
     attempted: Option<Fingerprint>,
+    /// A fingerprint whose bytes did not compile once: maybe a file caught
+    /// half-written, so it is tried again after the settle time before it
+    /// is reported as broken.
+    suspect: Option<Fingerprint>,
     /// The last fingerprint seen and when it was first seen (settling).
     seen: Option<(Fingerprint, Instant)>,
     /// The config text of the loaded version (to skip no-op reloads).
@@ -581,6 +585,7 @@ impl DirInner {
             };
             let tracked = state.entry(name.clone()).or_insert_with(|| Tracked {
                 attempted: None,
+                suspect: None,
                 seen: None,
                 loaded_config: None,
                 serving: None,
@@ -756,6 +761,16 @@ impl DirInner {
                 tracked.status.last_error = None;
                 tracked.status.last_error_at = None;
                 Reload::Loaded
+            }
+            Err(super::host::LoadError::Compile { .. }) if tracked.suspect != Some(print) => {
+                // Perhaps still being written (a slow copy in place):
+                // look again once it settled; report it only if the same
+                // bytes fail again.
+                tracked.suspect = Some(print);
+                tracked.attempted = None;
+                tracked.seen = Some((print, Instant::now()));
+                tracing::debug!(plugin = name, file = %path.display(), "does not compile yet; trying again once the file settled");
+                Reload::Changing
             }
             Err(e) => {
                 tracing::error!(

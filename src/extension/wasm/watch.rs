@@ -11,8 +11,10 @@
 //!
 //! Partial writes (an in-place `cp` of a large file) are handled by
 //! waiting until a file's size, mtime and inode have been stable for a
-//! settle time before reading it, re-checking after reading, and letting a
-//! later change retry a failed load. A version that fails to compile,
+//! settle time before reading it, re-checking after reading, trying bytes
+//! that do not compile once more after another settle time before
+//! reporting them (a slow writer may have paused), and letting a later
+//! change retry a failed load. A version that fails to compile,
 //! link, instantiate, register or pass its trial (one call of each
 //! declared hook) is never swapped in: the old version keeps serving and
 //! the error is kept for the admin view.

@@ -570,6 +570,13 @@ impl WasmPlugin {
             Err(e) => return Err(failed("hooks")(e)),
         };
         let (session, _outbox) = Session::detached(TRIAL_SESSION);
+        // What the plugin logs or prints now is about this synthetic
+        // session: say so, or an operator sees a session 0 nobody opened.
+        tracing::info!(
+            plugin = &*self.name,
+            session = TRIAL_SESSION,
+            "trial: each declared hook once on a synthetic session with an empty message"
+        );
         let config = &self.meta.config;
         let trial = |call: &'static str| move |error| InstanceError::Trial { call, error };
         let notifications = [

@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::extension::ExtensionStats;
 use crate::extension::wasm::{PluginDir, PluginStatus};
-use crate::metrics::family;
+use crate::metrics::{family, rfc3339};
 use crate::server::Server;
 
 /// Something that adds to the admin view and the metrics (the WebAssembly
@@ -223,7 +223,7 @@ pub fn admin_view(server: &Server, report: Option<&dyn AdminReport>) -> Value {
                 "order": e.order,
                 "hooks": e.hooks.iter().map(|h| h.name()).collect::<Vec<_>>(),
                 "failure_policy": e.policy,
-                "registered_at_unix_ms": e.registered_at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+                "registered_at": rfc3339(e.registered_at),
                 "calls": e.stats.calls.load(Relaxed),
                 "drops": e.stats.drops.load(Relaxed),
                 "failures": e.stats.failure_count(),

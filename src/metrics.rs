@@ -90,6 +90,22 @@ pub const HOOK_BOUNDS: &[f64] = &[
     0.00000025, 0.0000005, 0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.0001, 0.001, 0.01,
 ];
 
+/// `t` as RFC 3339 UTC with milliseconds (`2026-11-29T10:03:10.123Z`,
+/// always 24 characters): the one time format of the admin view.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
 /// A deviation from CAMP v1 that the reference server accepts and so do
 /// we, unless the protocol's `strict` option is set
 /// (`shared/CAMP-PROTOCOL.md`, "The published reference clients").
@@ -418,5 +434,17 @@ pub fn family<V: std::fmt::Display>(
         } else {
             let _ = writeln!(o, "{name}{{{labels}}} {value}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc_with_milliseconds() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_795_942_358_979_051_570);
+        assert_eq!(rfc3339(t), "2026-11-29T08:52:38.979Z");
+        assert_eq!(rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
     }
 }

@@ -102,6 +102,23 @@ async fn binary_runs_the_example_pipeline_and_hot_reloads_it() {
             .iter()
             .all(|p| p["loaded"]["hash"].as_str().is_some_and(|h| h.len() == 64))
     );
+    // One time format: RFC 3339 UTC.
+    let rfc3339 = |v: &serde_json::Value| {
+        v.as_str()
+            .is_some_and(|t| t.len() == 24 && t.ends_with('Z') && t.as_bytes()[10] == b'T')
+    };
+    assert!(
+        plugins.iter().all(|p| rfc3339(&p["loaded"]["loaded_at"])),
+        "{view}"
+    );
+    assert!(
+        view["extensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| rfc3339(&e["registered_at"])),
+        "{view}"
+    );
     let metrics = admin_get(&admin, "/metrics").await;
     assert!(
         metrics.contains("camp_plugin_loaded{plugin=\"rpc\"} 1"),

@@ -104,7 +104,8 @@ pub struct LoadedVersion {
     pub hooks: Vec<&'static str>,
     /// Its effective configuration.
     pub config: PluginConfig,
-    /// When it was swapped in.
+    /// When it was swapped in (RFC 3339 in the admin view).
+    #[serde(serialize_with = "time_rfc3339")]
     pub loaded_at: SystemTime,
     /// How long loading took.
     pub timings: LoadTimings,
@@ -121,7 +122,8 @@ pub struct PluginStatus {
     pub loaded: Option<LoadedVersion>,
     /// The last load error (cleared by a successful load).
     pub last_error: Option<String>,
-    /// When it happened.
+    /// When it happened (RFC 3339 in the admin view).
+    #[serde(serialize_with = "optional_time_rfc3339")]
     pub last_error_at: Option<SystemTime>,
     /// Successful loads so far.
     pub loads: u64,
@@ -138,6 +140,22 @@ pub struct PluginStatus {
     /// Bytes of guest stdout/stderr dropped over `output_bytes_per_call`
     /// by the serving version.
     pub output_dropped_bytes: u64,
+}
+
+/// Serializes a time as RFC 3339 (the admin view's one time format).
+fn time_rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::metrics::rfc3339(*t))
+}
+
+/// Serializes an optional time as RFC 3339 or null.
+fn optional_time_rfc3339<S: serde::Serializer>(
+    t: &Option<SystemTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => time_rfc3339(t, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// What one scan did.

@@ -384,3 +384,53 @@ async fn an_application_awaiting_an_ack_while_the_peer_sends_ahead_does_not_hang
     assert!(!session.is_closed());
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_browser_clients_streams_work_after_an_implicit_handshake() {
+    let (server, mut sessions) = TestServer::with_sessions(Server::builder().tokens([TOKEN])).await;
+    let (mut peer, info_ack) = browser(&server).await;
+    peer.send(Body::Ack { acked: info_ack }).await;
+    // Its first frame after the ACK is a UTF8DATA: no feature announced.
+    peer.send(Body::Utf8 {
+        ack: 0,
+        text: "hi".into(),
+    })
+    .await;
+    let (session, mut events) = sessions.recv().await.unwrap();
+    assert_eq!(
+        events.next_message().await,
+        Some(camp_server::extension::Message::Utf8("hi".into()))
+    );
+    assert_eq!(session.peer_features(), 0);
+    // Then a stream: the transactions feature is learnt from it instead of
+    // closing with 4002.
+    let waiting = session.wait_for_stream("later", Duration::from_secs(5));
+    peer.send(Body::TxStart {
+        ack: 1,
+        tx_id: 0,
+        size: 3,
+        behaviour: Behaviour::Push,
+        name: "later".into(),
+    })
+    .await;
+    peer.send(Body::TxChunk {
+        tx_id: 0,
+        offset: 0,
+        data: Bytes::from_static(b"abc"),
+    })
+    .await;
+    peer.send(Body::TxFinish { ack: 2, tx_id: 0 }).await;
+    let mut got = Vec::new();
+    waiting
+        .await
+        .expect("the stream arrives")
+        .read_to_end(&mut got)
+        .await
+        .unwrap();
+    assert_eq!(got, b"abc");
+    assert_eq!(
+        session.peer_features() & camp_server::protocol::FEATURE_TRANSACTIONS,
+        camp_server::protocol::FEATURE_TRANSACTIONS
+    );
+    server.shutdown().await;
+}

@@ -181,10 +181,19 @@ pub(crate) fn check(head: &[u8], strict: bool) -> Result<Upgrade, Refusal> {
         .to_string();
     // `x-cryo-sid` is the parameter's former name, which the stock Node
     // client still sends; accepted unless strict.
-    let legacy_sid = !strict && param("x-camp-sid").is_none() && param("x-cryo-sid").is_some();
-    let sid = param("x-camp-sid")
-        .or_else(|| param("x-cryo-sid").filter(|_| !strict))
-        .ok_or_else(|| Refusal::new(400, "no_sid", "missing x-camp-sid query parameter"))?;
+    let (sid, legacy_sid) = match param("x-camp-sid") {
+        Some(sid) => (sid, false),
+        None => match param("x-cryo-sid").filter(|_| !strict) {
+            Some(sid) => (sid, true),
+            None => {
+                return Err(Refusal::new(
+                    400,
+                    "no_sid",
+                    "missing x-camp-sid query parameter",
+                ));
+            }
+        },
+    };
     let sid = sid.parse::<u64>().map_err(|_| {
         Refusal::new(
             400,

@@ -269,16 +269,7 @@ where
                     let len = bytes.len();
                     self.bytes_rx += len as u64;
                     match Frame::decode(bytes) {
-                        Ok(frame) if frame.sid != self.sid && !self.config.strict => {
-                            let what = format!(
-                                "frames carry sid {} on the session {} of this connection",
-                                frame.sid, self.sid
-                            );
-                            self.tolerate(Tolerated::ForeignSid, &what);
-                            self.config.metrics.frame_in(frame.body.frame_type(), len);
-                            return Ok(frame);
-                        }
-                        Ok(frame) if frame.sid != self.sid => {
+                        Ok(frame) if frame.sid != self.sid && self.config.strict => {
                             let why =
                                 format!("frame for session {} on session {}", frame.sid, self.sid);
                             if let Some(exit) = self.malformed(why) {
@@ -286,6 +277,13 @@ where
                             }
                         }
                         Ok(frame) => {
+                            if frame.sid != self.sid {
+                                let what = format!(
+                                    "frames carry sid {} on the session {} of this connection",
+                                    frame.sid, self.sid
+                                );
+                                self.tolerate(Tolerated::ForeignSid, &what);
+                            }
                             self.config.metrics.frame_in(frame.body.frame_type(), len);
                             return Ok(frame);
                         }

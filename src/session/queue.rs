@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -184,6 +185,9 @@ pub(crate) struct Queue {
     room: Notify,
     /// Wakes whoever waits for the queue to close.
     gone: Notify,
+    /// Whether the queue is at its caps ([`Queue::congested`]), kept up to
+    /// date under the lock so the session reads it without locking.
+    at_caps: AtomicBool,
 }
 
 /// What a push did.
@@ -204,6 +208,7 @@ impl Queue {
             readable: Notify::new(),
             room: Notify::new(),
             gone: Notify::new(),
+            at_caps: AtomicBool::new(false),
         }
     }
 
@@ -267,6 +272,7 @@ impl Queue {
             if self.full(&s, len) {
                 // Nothing left to evict (the queue holds only frames that
                 // must not be dropped): the new data frame goes.
+                self.note_level(&s);
                 s.drops += 1;
                 return Pushed::Dropped(*ack);
             }
@@ -274,6 +280,7 @@ impl Queue {
         s.bytes += len;
         s.peak_bytes = s.peak_bytes.max(s.bytes);
         s.items.push_back(item);
+        self.note_level(&s);
         drop(s);
         self.readable.notify_one();
         Pushed::Queued(dropped)
@@ -293,6 +300,7 @@ impl Queue {
                     s.bytes += len;
                     s.peak_bytes = s.peak_bytes.max(s.bytes);
                     s.items.push_back(item);
+                    self.note_level(&s);
                     drop(s);
                     self.readable.notify_one();
                     return Ok(());
@@ -320,6 +328,7 @@ impl Queue {
                         into.push(s.items.pop_front().expect("front exists"));
                     }
                     s.bytes -= taken;
+                    self.note_level(&s);
                     drop(s);
                     self.room.notify_waiters();
                     return true;
@@ -337,8 +346,15 @@ impl Queue {
     /// from the peer (every frame read may queue a reply: an ACK, a PONG),
     /// so control frames stay bounded too.
     pub(crate) fn congested(&self) -> bool {
-        let s = self.lock();
-        s.items.len() >= self.limits.max_queue_count || s.bytes >= self.limits.max_queued_bytes
+        self.at_caps.load(Ordering::Acquire)
+    }
+
+    /// Records whether the queue is at its caps (call with the lock held,
+    /// after every change of its contents).
+    fn note_level(&self, s: &State) {
+        let at_caps =
+            s.items.len() >= self.limits.max_queue_count || s.bytes >= self.limits.max_queued_bytes;
+        self.at_caps.store(at_caps, Ordering::Release);
     }
 
     /// Waits until a congested queue drained to `low_water_mark` bytes and

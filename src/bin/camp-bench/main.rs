@@ -93,18 +93,12 @@ fn main() -> ExitCode {
 /// The socket address of a `ws://` URL, refused unless it is a loopback
 /// address: load from this tool must never leave the machine.
 pub(crate) async fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
-    let uri: tokio_tungstenite::tungstenite::http::Uri =
-        url.parse().with_context(|| format!("invalid URL {url}"))?;
-    if uri.scheme_str() != Some("ws") {
+    // The library's one URL parser (scheme, host, port).
+    let target = camp_server::client::UpgradeTarget::parse(url, "", &[], 0)?;
+    if target.secure {
         bail!("{url}: only ws:// URLs are supported");
     }
-    let host = uri
-        .host()
-        .with_context(|| format!("{url}: no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(80);
+    let (host, port) = (target.host, target.port);
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
         .await
         .with_context(|| format!("cannot resolve {host}"))?

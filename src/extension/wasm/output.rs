@@ -13,7 +13,7 @@
 //! logged through `host.log` share the same per-call budget and are cut at
 //! [`MAX_LOG_MESSAGE`] bytes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -56,6 +56,10 @@ pub(crate) struct GuestOutput {
     /// Bytes dropped over the plugin version's life (for metrics); shared
     /// by all instances of a version.
     dropped_total: Arc<AtomicU64>,
+    /// Set when anything was written or logged since the last flush, so
+    /// that the flush after every call costs one atomic load when the
+    /// guest was quiet (the usual case).
+    touched: Arc<AtomicBool>,
 }
 
 impl GuestOutput {
@@ -70,6 +74,7 @@ impl GuestOutput {
                 dropped: 0,
             })),
             dropped_total,
+            touched: Arc::default(),
         }
     }
 
@@ -88,6 +93,9 @@ impl GuestOutput {
     /// Writes what the call printed to the log and empties the buffers.
     /// Cheap when nothing was printed.
     pub(crate) fn flush(&self, plugin: &str, session: Option<u64>) {
+        if !self.touched.swap(false, Ordering::Relaxed) {
+            return;
+        }
         let mut capture = self.lock();
         capture.logged = 0;
         if capture.streams.iter().all(|s| s.data.is_empty()) && capture.dropped == 0 {
@@ -124,6 +132,7 @@ impl GuestOutput {
     /// Whether a `host.log` message of `len` bytes fits in this call's
     /// output budget; if not, it is counted as dropped.
     pub(crate) fn admit_log(&self, len: usize) -> bool {
+        self.touched.store(true, Ordering::Relaxed);
         let mut capture = self.lock();
         let used = capture.used();
         if used + len <= capture.cap {
@@ -138,6 +147,7 @@ impl GuestOutput {
 
     /// Keeps what fits under the cap, counts the rest.
     fn write(&self, index: usize, bytes: &[u8]) {
+        self.touched.store(true, Ordering::Relaxed);
         let mut capture = self.lock();
         let used = capture.used();
         let room = capture.cap.saturating_sub(used);

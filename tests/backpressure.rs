@@ -489,3 +489,62 @@ async fn an_application_that_does_not_take_its_messages_holds_reading_at_the_cap
     );
     server.shutdown().await;
 }
+
+/// Small queue caps for the flood tests.
+fn small_caps() -> Backpressure {
+    Backpressure {
+        high_water_mark: 64 * 1024,
+        low_water_mark: 16 * 1024,
+        max_queued_bytes: 64 * 1024,
+        max_queue_count: 64,
+        drop_policy: DropPolicy::DropOldest,
+    }
+}
+
+#[tokio::test]
+async fn pings_before_the_handshake_from_a_peer_that_never_reads_stop_the_reading() {
+    use camp_server::protocol::{Body, PingPong};
+    let server = TestServer::echo(Server::builder().backpressure(small_caps())).await;
+    // Upgraded, no CAMP handshake, never reading, only PINGs.
+    let mut peer = crate::common::RawPeer::upgrade(
+        server.addr,
+        &format!("authorization=Bearer%20{TOKEN}&x-camp-sid=8"),
+    )
+    .await
+    .unwrap();
+    peer.sid = 8;
+    let sent = flood_without_reading(&mut peer, 1_000_000, |_| Body::Ping(PingPong::Ping)).await;
+    assert!(
+        sent < 1_000_000,
+        "the server kept reading: {sent} PINGs taken"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_read_and_falls_silent_is_closed_by_the_heartbeat() {
+    use camp_server::protocol::Body;
+    let server = TestServer::echo(
+        Server::builder()
+            .backpressure(small_caps())
+            .keep_alive(Duration::from_millis(300)),
+    )
+    .await;
+    let mut peer = crate::common::RawPeer::connect(server.addr, 6).await;
+    let chunk = bytes::Bytes::from(vec![1u8; 16 * 1024]);
+    flood_without_reading(&mut peer, 100_000, |i| Body::Binary {
+        ack: i,
+        data: chunk.clone(),
+    })
+    .await;
+    // Silent now, and still not reading: closed within a few intervals.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.server.session(6).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the silent peer kept its session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await;
+}

@@ -434,3 +434,40 @@ async fn the_browser_clients_streams_work_after_an_implicit_handshake() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_announcement_after_an_implicit_handshake_is_the_peers_word() {
+    let server = echo_server(false).await;
+    let (mut peer, info_ack) = browser(&server).await;
+    peer.send(Body::Ack { acked: info_ack }).await;
+    peer.send(Body::Utf8 {
+        ack: 0,
+        text: "hi".into(),
+    })
+    .await;
+    // It announces no transactions after all: a stream is refused as from
+    // any peer that did not announce them.
+    peer.send(Body::EndpointInfo {
+        ack: 1,
+        version: 1,
+        features: 0,
+    })
+    .await;
+    peer.send(Body::TxStart {
+        ack: 2,
+        tx_id: 0,
+        size: -1,
+        behaviour: Behaviour::Push,
+        name: "s".into(),
+    })
+    .await;
+    loop {
+        match peer.recv_data().await.body {
+            Body::Bye { .. } => break,
+            Body::Utf8 { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(peer.closed().await.0, 4002);
+    server.shutdown().await;
+}

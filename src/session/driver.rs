@@ -322,6 +322,12 @@ where
             self.info_ack = Some(self.push_tracked(info));
         }
         loop {
+            // A peer that floods the handshake with PINGs and does not
+            // read our PONGs: stop reading until it does (the handshake
+            // timeout ends it otherwise).
+            if self.queue.congested() {
+                self.queue.drained().await;
+            }
             let frame = self.next_frame().await?;
             match frame.body {
                 Body::Ack { acked } => self.on_ack(acked),
@@ -508,12 +514,15 @@ where
                 },
                 _ = rx_budget.room(), if readers_behind => {}
                 _ = heartbeat.tick() => {
-                    // While we hold reading up (stream readers or the
-                    // application behind, or the peer not reading), the
-                    // peer's silence is ours: do not count it against it.
+                    // While our side holds reading up (stream readers or the
+                    // application behind), the peer's silence is ours: do
+                    // not count it against it. A peer that does not read
+                    // what we send (our queue at its caps) gets no such
+                    // grace.
                     if !heard_since_tick
                         && self.role == Role::Server
-                        && !rx_paused
+                        && !readers_behind
+                        && !app_behind
                         && slot.ready()
                     {
                         break Exit::Local(
@@ -628,10 +637,12 @@ where
             Body::EndpointInfo {
                 version, features, ..
             } => {
-                // A repeated announcement updates the flags.
+                // A repeated announcement updates the flags; after an
+                // implicit handshake it is the peer's word from now on.
                 if let Err(exit) = check_version(version) {
                     return Some(exit);
                 }
+                self.implicit = false;
                 session.set_peer_features(features);
                 return None;
             }
@@ -708,6 +719,10 @@ where
             }
         };
         self.queue.close();
+        // The close frame had its chance during the linger: a writer still
+        // blocked on a peer that does not read is stopped, so the socket
+        // and what is queued behind it are freed now.
+        self.writer.abort();
         self.acks.close();
         info
     }

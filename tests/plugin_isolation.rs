@@ -248,10 +248,12 @@ async fn an_attacker_cannot_switch_a_plugin_off_for_a_victim() {
 async fn a_slow_hook_delays_only_its_own_session() {
     let (server, _pipeline) = probe_server(
         r#"{"hooks":["on-receive-utf8"]}"#,
-        "deadline_ms = 50\nfailure_policy = \"fail-closed\"",
+        "deadline_ms = 500\nfailure_policy = \"fail-closed\"",
     )
     .await;
-    // One session spends 45 ms of its 50 ms budget on each message.
+    // One session spends 45 ms on each message. Its budget has headroom:
+    // the budget counts wall time within a turn, OS preemption included,
+    // and a loaded CI machine must not make this test about the budget.
     let (slow, mut slow_events) = connect(&server, 1).await;
     for _ in 0..40 {
         slow.send_utf8("BURN:45");

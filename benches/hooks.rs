@@ -97,7 +97,7 @@ fn hooks(c: &mut Criterion) {
         for (size, label) in SIZES {
             let message = match hook {
                 Hook::OnReceiveUtf8 => Message::Utf8("x".repeat(size)),
-                _ => Message::Binary(vec![7; size]),
+                _ => Message::Binary(vec![7; size].into()),
             };
             group.throughput(Throughput::Bytes(size as u64));
             for (name, ext) in &extensions {

@@ -17,9 +17,9 @@ async fn main() -> std::io::Result<()> {
             tokio::spawn(async move {
                 while let Some(message) = events.next_message().await {
                     match message {
-                        Message::Utf8(text) => drop(session.send_utf8(text)),
-                        Message::Binary(bytes) => drop(session.send_binary(bytes)),
                         Message::Error(text) => eprintln!("session {}: {text}", session.id()),
+                        // Fire and forget: nobody awaits the echo's ACK.
+                        echo => session.post(echo),
                     }
                 }
             });

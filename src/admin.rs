@@ -18,9 +18,12 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::extension::ExtensionStats;
 use crate::extension::wasm::{PluginDir, PluginStatus};
-use crate::metrics::{family, rfc3339};
+use crate::metrics::{DROP_POLICIES, Metrics, Tolerated, family, rfc3339};
+use crate::protocol::FrameType;
 use crate::server::Server;
 
 /// Something that adds to the admin view and the metrics (the WebAssembly
@@ -154,10 +157,7 @@ async fn handle(mut stream: TcpStream, server: &Server, report: Option<&dyn Admi
     let path = path.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET", "/metrics") => {
-            let mut text = server.metrics().render(server.pipeline());
-            if let Some(r) = report {
-                text.push_str(&r.metrics_text());
-            }
+            let text = render_metrics(server, report);
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
         }
         ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string()),
@@ -190,6 +190,152 @@ async fn handle(mut stream: TcpStream, server: &Server, report: Option<&dyn Admi
     );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// Renders all of `/metrics` in the Prometheus text format: the server's
+/// sessions, frames, acks and refusals, its extensions, and what `report`
+/// (the plugin folder) adds.
+pub fn render_metrics(server: &Server, report: Option<&dyn AdminReport>) -> String {
+    let m: &Metrics = server.metrics();
+    let pipeline = server.pipeline();
+    let mut o = String::with_capacity(8192);
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let none = String::new;
+    let open = m.sessions_open.load(Ordering::Relaxed);
+    family(
+        &mut o,
+        "camp_sessions_open",
+        "Sessions open now.",
+        "gauge",
+        [(none(), open)],
+    );
+    for (name, help, counter) in [
+        (
+            "camp_sessions_total",
+            "Sessions that completed the handshake.",
+            &m.sessions_total,
+        ),
+        (
+            "camp_malformed_frames_total",
+            "Malformed frames received.",
+            &m.malformed,
+        ),
+        (
+            "camp_ack_timeouts_total",
+            "Tracked frames not acknowledged within 2.5 s.",
+            &m.ack_timeouts,
+        ),
+    ] {
+        family(&mut o, name, help, "counter", [(none(), load(counter))]);
+    }
+    family(
+        &mut o,
+        "camp_protocol_tolerated_total",
+        "Deviations from CAMP v1 accepted as the reference server accepts them (off with strict).",
+        "counter",
+        Tolerated::ALL
+            .iter()
+            .map(|k| (format!("kind=\"{}\"", k.label()), m.tolerated_count(*k))),
+    );
+    let refused = m.refusal_counts();
+    family(
+        &mut o,
+        "camp_upgrades_refused_total",
+        "Upgrade requests refused, by reason.",
+        "counter",
+        refused
+            .iter()
+            .map(|(reason, n)| (format!("reason=\"{reason}\""), *n)),
+    );
+    type PerType = fn(&Metrics, FrameType) -> u64;
+    let per_type: [(&str, &str, PerType); 4] = [
+        (
+            "camp_frames_in_total",
+            "Frames received, by type.",
+            Metrics::frames_in,
+        ),
+        (
+            "camp_frames_out_total",
+            "Frames sent, by type.",
+            Metrics::frames_out,
+        ),
+        (
+            "camp_bytes_in_total",
+            "Bytes of frames received, by type.",
+            Metrics::bytes_in,
+        ),
+        (
+            "camp_bytes_out_total",
+            "Bytes of frames sent, by type.",
+            Metrics::bytes_out,
+        ),
+    ];
+    for (name, help, count) in per_type {
+        let samples = FrameType::ALL.map(|ty| (format!("type=\"{}\"", ty.name()), count(m, ty)));
+        family(&mut o, name, help, "counter", samples);
+    }
+    family(
+        &mut o,
+        "camp_queue_drops_total",
+        "Data frames dropped by backpressure, by policy.",
+        "counter",
+        DROP_POLICIES
+            .iter()
+            .map(|policy| (format!("policy=\"{policy}\""), m.queue_drops(policy))),
+    );
+    family::<u64>(
+        &mut o,
+        "camp_ack_rtt_seconds",
+        "Ack round-trip time.",
+        "histogram",
+        [],
+    );
+    m.ack_rtt.render(&mut o, "camp_ack_rtt_seconds", "");
+
+    let extensions = pipeline.list();
+    let label = |e: &crate::extension::ExtensionInfo| format!("extension=\"{}\"", e.name);
+    family(
+        &mut o,
+        "camp_extension_calls_total",
+        "Hook calls, by extension.",
+        "counter",
+        extensions.iter().map(|e| (label(e), load(&e.stats.calls))),
+    );
+    family(
+        &mut o,
+        "camp_extension_drops_total",
+        "Messages dropped by an extension's verdict.",
+        "counter",
+        extensions.iter().map(|e| (label(e), load(&e.stats.drops))),
+    );
+    family(
+        &mut o,
+        "camp_extension_failures_total",
+        "Hook failures, by extension and kind.",
+        "counter",
+        extensions.iter().flat_map(|e| {
+            ExtensionStats::FAILURE_KINDS
+                .iter()
+                .zip(&e.stats.failures)
+                .map(move |(kind, n)| (format!("{},kind=\"{kind}\"", label(e)), load(n)))
+        }),
+    );
+    family::<u64>(
+        &mut o,
+        "camp_hook_duration_seconds",
+        "Hook call latency, by extension.",
+        "histogram",
+        [],
+    );
+    for e in &extensions {
+        e.stats
+            .latency
+            .render(&mut o, "camp_hook_duration_seconds", &label(e));
+    }
+    if let Some(r) = report {
+        o.push_str(&r.metrics_text());
+    }
+    o
 }
 
 /// The JSON admin view.

@@ -12,22 +12,25 @@
 //! # Ok(()) }
 //! ```
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 
 use crate::extension::Pipeline;
+use crate::metrics::Metrics;
 use crate::protocol;
-use crate::server::SUBPROTOCOL;
-pub use crate::server::tls::{ClientTls, TlsError};
 use crate::session::{
-    Backpressure, CloseInfo, Driver, Role, Session, SessionConfig, SessionEvents, event_channel,
+    Backpressure, CloseInfo, Role, Session, SessionConfig, SessionEvents, Setup, open,
 };
+pub use crate::tls::{ClientTls, TlsError};
+use crate::transport::{Dialled, SUBPROTOCOL, ws_config};
 
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -144,15 +147,48 @@ impl Client {
 
     /// Connects, upgrades and runs the CAMP handshake.
     pub async fn connect(self) -> Result<(Session, SessionEvents), ClientError> {
-        self.connect_until(None).await
+        let dial = self.dial().await?;
+        let setup = self.setup(&dial, Arc::default(), None);
+        let (session, events, driver) =
+            open(dial.ws, setup).await.map_err(ClientError::Handshake)?;
+        tokio::spawn(driver.run());
+        Ok((session, events))
     }
 
-    /// Like [`Client::connect`]; the session closes gracefully when
-    /// `shutdown` turns true (a server's peers use the server's signal).
-    pub(crate) async fn connect_until(
-        self,
+    /// What a session dialled by this client runs with: its settings, the
+    /// `metrics` it counts into and the `shutdown` signal it closes on
+    /// (a server's, for its peers; none for a plain client).
+    pub(crate) fn setup(
+        &self,
+        dialled: &Dial,
+        metrics: Arc<Metrics>,
         shutdown: Option<watch::Receiver<bool>>,
-    ) -> Result<(Session, SessionEvents), ClientError> {
+    ) -> Setup {
+        Setup {
+            sid: dialled.sid,
+            role: Role::Client,
+            remote: dialled.remote,
+            config: SessionConfig {
+                keep_alive: self.keep_alive,
+                handshake_timeout: self.handshake_timeout,
+                backpressure: self.backpressure,
+                features: protocol::FEATURES,
+                metrics,
+                // What the reference server sends (e.g. its off-by-one PUSH
+                // offsets) is accepted and counted, as a server accepts it
+                // from the reference clients.
+                strict: false,
+            },
+            filter: Arc::new(self.pipeline.clone()),
+            // Without a server's shutdown signal, one that never fires (its
+            // sender is dropped at once).
+            shutdown: shutdown.unwrap_or_else(|| watch::channel(false).1),
+        }
+    }
+
+    /// Connects (TCP, then TLS for `wss://`) and upgrades to a WebSocket;
+    /// the CAMP session is not started yet.
+    pub(crate) async fn dial(&self) -> Result<Dial, ClientError> {
         let sid = self.sid.unwrap_or_else(random_sid);
         let target = UpgradeTarget::parse(&self.url, &self.token, &self.sid_params, sid)?;
         let (secure, host, port, full) = (target.secure, target.host, target.port, target.url);
@@ -168,73 +204,43 @@ impl Client {
         let tcp = TcpStream::connect((host.as_str(), port)).await?;
         let _ = tcp.set_nodelay(true);
         let remote = tcp.peer_addr().ok();
-        if !secure {
-            return self.establish(tcp, request, sid, remote, shutdown).await;
-        }
-        let roots = match &self.tls {
-            Some(roots) => roots.clone(),
-            None => ClientTls::system()?,
+        let stream = if secure {
+            let roots = match &self.tls {
+                Some(roots) => roots.clone(),
+                None => ClientTls::system()?,
+            };
+            let name = rustls_pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| ClientError::InvalidUrl(format!("{}: {e}", self.url)))?;
+            Dialled::Tls(Box::new(roots.connector().connect(name, tcp).await?))
+        } else {
+            Dialled::Plain(tcp)
         };
-        let name = rustls_pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| ClientError::InvalidUrl(format!("{}: {e}", self.url)))?;
-        let stream = roots.connector().connect(name, tcp).await?;
-        self.establish(stream, request, sid, remote, shutdown).await
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
+                .await
+                .map_err(|e| match e {
+                    WsError::Http(response) => ClientError::Refused {
+                        status: response.status().as_u16(),
+                        body: response
+                            .body()
+                            .as_deref()
+                            .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                            .unwrap_or_default(),
+                    },
+                    other => ClientError::WebSocket(Box::new(other)),
+                })?;
+        Ok(Dial { ws, sid, remote })
     }
+}
 
-    /// Upgrades `stream` to a WebSocket, runs the CAMP handshake and starts
-    /// the session's task.
-    async fn establish<S>(
-        self,
-        stream: S,
-        request: tokio_tungstenite::tungstenite::handshake::client::Request,
-        sid: u64,
-        remote: Option<std::net::SocketAddr>,
-        shutdown: Option<watch::Receiver<bool>>,
-    ) -> Result<(Session, SessionEvents), ClientError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let (ws, _) = tokio_tungstenite::client_async_with_config(
-            request,
-            stream,
-            Some(crate::server::ws_config()),
-        )
-        .await
-        .map_err(|e| match e {
-            WsError::Http(response) => ClientError::Refused {
-                status: response.status().as_u16(),
-                body: response
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).trim().to_string())
-                    .unwrap_or_default(),
-            },
-            other => ClientError::WebSocket(Box::new(other)),
-        })?;
-        let config = SessionConfig {
-            keep_alive: self.keep_alive,
-            handshake_timeout: self.handshake_timeout,
-            backpressure: self.backpressure,
-            features: protocol::FEATURES,
-            metrics: Default::default(),
-            // What the reference server sends (e.g. its off-by-one PUSH
-            // offsets) is accepted and counted, as a server accepts it
-            // from the reference clients.
-            strict: false,
-        };
-        let mut driver = Driver::new(ws, sid, Role::Client, config, self.pipeline);
-        // Without a server's shutdown signal, one that never fires (its
-        // sender is dropped at once).
-        let shutdown = shutdown.unwrap_or_else(|| watch::channel(false).1);
-        let features = driver
-            .handshake(shutdown.clone())
-            .await
-            .map_err(ClientError::Handshake)?;
-        let (session, commands) = Session::new(sid, remote, features);
-        let (events_tx, events) = event_channel();
-        tokio::spawn(driver.run(session.clone(), commands, events_tx, shutdown));
-        Ok((session, events))
-    }
+/// An upgraded connection on which a client session is about to start.
+pub(crate) struct Dial {
+    /// The WebSocket.
+    pub(crate) ws: WebSocketStream<Dialled>,
+    /// The session id asked for.
+    pub(crate) sid: u64,
+    /// The server's address.
+    pub(crate) remote: Option<SocketAddr>,
 }
 
 /// A random session id from the standard library's randomly seeded hasher.

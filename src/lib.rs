@@ -3,16 +3,22 @@
 //! A server (and client) for CAMP v1, a small binary protocol over
 //! WebSocket, whose extensions are sandboxed WebAssembly components.
 //!
-//! The crate is laid out the way data flows through it:
+//! The crate is laid out the way data flows through it; each module uses
+//! only the ones before it (protocol ← metrics ← session ← extension ←
+//! client ← server ← admin; [`transport`] and [`tls`] are leaves):
 //!
 //! - [`protocol`]: frames and their byte layout (pure, no I/O);
+//! - [`metrics`]: the counters every layer adds to;
 //! - [`session`]: one task per connection (handshake, ACKs, heartbeat,
-//!   queue) and the [`Session`](session::Session) handle;
-//! - [`extension`]: the [`Extension`](extension::Extension) seam and the
-//!   ordered [`Pipeline`](extension::Pipeline) every message passes through;
+//!   queue), the [`Session`](session::Session) handle, and the
+//!   [`Filter`](session::Filter) seam every message passes through;
+//! - [`extension`]: the [`Extension`](extension::Extension) trait and the
+//!   ordered [`Pipeline`](extension::Pipeline), which is the session's
+//!   filter; WebAssembly plugins;
+//! - [`client`]: dialing a CAMP server;
 //! - [`server`]: listener, HTTP upgrade (auth, session id, subprotocol),
-//!   registry and graceful shutdown;
-//! - [`client`]: dialing a CAMP server.
+//!   registry, peers and graceful shutdown;
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/admin`.
 //!
 //! An echo server and a client talking to it:
 //!
@@ -56,3 +62,5 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod tls;
+pub mod transport;

@@ -10,8 +10,8 @@ use camp_server::config::{AdminConfig, BackpressureConfig, Config, TlsConfig as 
 use camp_server::extension::wasm::{DirOptions, HostOptions, PluginHost};
 use camp_server::extension::{Message, Pipeline};
 use camp_server::server::Server;
-use camp_server::server::tls::TlsConfig;
 use camp_server::session::{Session, SessionEvent, SessionEvents};
+use camp_server::tls::TlsConfig;
 use clap::Parser;
 
 /// Command-line options. Every option can also be set in the `--config`
@@ -248,8 +248,8 @@ async fn main() -> anyhow::Result<()> {
 async fn echo(session: Session, mut events: SessionEvents) {
     while let Some(event) = events.next().await {
         match event {
-            SessionEvent::Message(Message::Utf8(text)) => drop(session.send_utf8(text)),
-            SessionEvent::Message(Message::Binary(bytes)) => drop(session.send_binary(bytes)),
+            // Nobody awaits the echo's ACK: posted without a receipt.
+            SessionEvent::Message(m @ (Message::Utf8(_) | Message::Binary(_))) => session.post(m),
             SessionEvent::Message(Message::Error(text)) => {
                 tracing::info!(sid = session.id(), "peer reported: {text}")
             }

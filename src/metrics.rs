@@ -11,9 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::extension::{ExtensionStats, Pipeline};
 use crate::protocol::FrameType;
-use crate::session::DropPolicy;
 
 /// A histogram with fixed upper bounds (in seconds), Prometheus style.
 #[derive(Debug)]
@@ -54,7 +52,8 @@ impl Histogram {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    /// Writes the buckets, sum and count of `name` with `labels`.
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
         for (i, bound) in self.bounds.iter().enumerate() {
@@ -202,15 +201,13 @@ fn frame_index(ty: FrameType) -> usize {
     }
 }
 
-fn policy_index(p: DropPolicy) -> usize {
-    match p {
-        DropPolicy::DropOldest => 0,
-        DropPolicy::DropNewest => 1,
-        DropPolicy::DedupeLatest => 2,
-    }
-}
+/// The drop policies' names (the session's `DropPolicy::label`), the
+/// label values of `camp_queue_drops_total`.
+pub const DROP_POLICIES: [&str; 3] = ["drop-oldest", "drop-newest", "dedupe-latest"];
 
-const POLICY_NAMES: [&str; 3] = ["drop-oldest", "drop-newest", "dedupe-latest"];
+fn policy_index(label: &str) -> Option<usize> {
+    DROP_POLICIES.iter().position(|p| *p == label)
+}
 
 impl Metrics {
     /// Counts a received frame.
@@ -252,9 +249,12 @@ impl Metrics {
         r.iter().find(|(k, _)| *k == reason).map_or(0, |(_, n)| *n)
     }
 
-    /// Counts frames dropped by a policy.
-    pub fn queue_dropped(&self, policy: DropPolicy, n: u64) {
-        self.queue_drops[policy_index(policy)].fetch_add(n, Ordering::Relaxed);
+    /// Counts frames dropped by the policy called `policy` (one of
+    /// [`DROP_POLICIES`]).
+    pub fn queue_dropped(&self, policy: &str, n: u64) {
+        if let Some(i) = policy_index(policy) {
+            self.queue_drops[i].fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Counts one tolerated deviation.
@@ -267,152 +267,28 @@ impl Metrics {
         self.tolerated[kind as usize].load(Ordering::Relaxed)
     }
 
-    /// Renders everything in the Prometheus text format, including the
-    /// per-extension counters of `pipeline`.
-    pub fn render(&self, pipeline: &Pipeline) -> String {
-        let mut o = String::with_capacity(8192);
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let none = String::new;
-        let open = self.sessions_open.load(Ordering::Relaxed);
-        family(
-            &mut o,
-            "camp_sessions_open",
-            "Sessions open now.",
-            "gauge",
-            [(none(), open)],
-        );
-        for (name, help, counter) in [
-            (
-                "camp_sessions_total",
-                "Sessions that completed the handshake.",
-                &self.sessions_total,
-            ),
-            (
-                "camp_malformed_frames_total",
-                "Malformed frames received.",
-                &self.malformed,
-            ),
-            (
-                "camp_ack_timeouts_total",
-                "Tracked frames not acknowledged within 2.5 s.",
-                &self.ack_timeouts,
-            ),
-        ] {
-            family(&mut o, name, help, "counter", [(none(), load(counter))]);
-        }
-        family(
-            &mut o,
-            "camp_protocol_tolerated_total",
-            "Deviations from CAMP v1 accepted as the reference server accepts them (off with strict).",
-            "counter",
-            Tolerated::ALL
-                .iter()
-                .map(|k| (format!("kind=\"{}\"", k.label()), self.tolerated_count(*k))),
-        );
-        let refused = self
-            .refused
+    /// Refusals so far, by reason.
+    pub fn refusal_counts(&self) -> Vec<(&'static str, u64)> {
+        self.refused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        family(
-            &mut o,
-            "camp_upgrades_refused_total",
-            "Upgrade requests refused, by reason.",
-            "counter",
-            refused
-                .iter()
-                .map(|(reason, n)| (format!("reason=\"{reason}\""), *n)),
-        );
-        for (name, help, counters) in [
-            (
-                "camp_frames_in_total",
-                "Frames received, by type.",
-                &self.frames_in,
-            ),
-            (
-                "camp_frames_out_total",
-                "Frames sent, by type.",
-                &self.frames_out,
-            ),
-            (
-                "camp_bytes_in_total",
-                "Bytes of frames received, by type.",
-                &self.bytes_in,
-            ),
-            (
-                "camp_bytes_out_total",
-                "Bytes of frames sent, by type.",
-                &self.bytes_out,
-            ),
-        ] {
-            let samples = FrameType::ALL.map(|ty| {
-                (
-                    format!("type=\"{}\"", ty.name()),
-                    load(&counters[frame_index(ty)]),
-                )
-            });
-            family(&mut o, name, help, "counter", samples);
-        }
-        family(
-            &mut o,
-            "camp_queue_drops_total",
-            "Data frames dropped by backpressure, by policy.",
-            "counter",
-            POLICY_NAMES
-                .iter()
-                .zip(&self.queue_drops)
-                .map(|(policy, n)| (format!("policy=\"{policy}\""), load(n))),
-        );
-        family::<u64>(
-            &mut o,
-            "camp_ack_rtt_seconds",
-            "Ack round-trip time.",
-            "histogram",
-            [],
-        );
-        self.ack_rtt.render(&mut o, "camp_ack_rtt_seconds", "");
+            .clone()
+    }
 
-        let extensions = pipeline.list();
-        let label = |e: &crate::extension::ExtensionInfo| format!("extension=\"{}\"", e.name);
-        family(
-            &mut o,
-            "camp_extension_calls_total",
-            "Hook calls, by extension.",
-            "counter",
-            extensions.iter().map(|e| (label(e), load(&e.stats.calls))),
-        );
-        family(
-            &mut o,
-            "camp_extension_drops_total",
-            "Messages dropped by an extension's verdict.",
-            "counter",
-            extensions.iter().map(|e| (label(e), load(&e.stats.drops))),
-        );
-        family(
-            &mut o,
-            "camp_extension_failures_total",
-            "Hook failures, by extension and kind.",
-            "counter",
-            extensions.iter().flat_map(|e| {
-                ExtensionStats::FAILURE_KINDS
-                    .iter()
-                    .zip(&e.stats.failures)
-                    .map(move |(kind, n)| (format!("{},kind=\"{kind}\"", label(e)), load(n)))
-            }),
-        );
-        family::<u64>(
-            &mut o,
-            "camp_hook_duration_seconds",
-            "Hook call latency, by extension.",
-            "histogram",
-            [],
-        );
-        for e in &extensions {
-            e.stats
-                .latency
-                .render(&mut o, "camp_hook_duration_seconds", &label(e));
-        }
-        o
+    /// Bytes of frames received of a type.
+    pub fn bytes_in(&self, ty: FrameType) -> u64 {
+        self.bytes_in[frame_index(ty)].load(Ordering::Relaxed)
+    }
+
+    /// Bytes of frames sent of a type.
+    pub fn bytes_out(&self, ty: FrameType) -> u64 {
+        self.bytes_out[frame_index(ty)].load(Ordering::Relaxed)
+    }
+
+    /// Data frames dropped by the policy called `policy` (one of
+    /// [`DROP_POLICIES`]).
+    pub fn queue_drops(&self, policy: &str) -> u64 {
+        policy_index(policy).map_or(0, |i| self.queue_drops[i].load(Ordering::Relaxed))
     }
 }
 

@@ -370,7 +370,7 @@ async fn receive_writes_the_stream_to_a_file() {
 
 #[tokio::test]
 async fn wss_with_a_private_certificate_authority() {
-    use camp_server::server::tls::TlsConfig;
+    use camp_server::tls::TlsConfig;
     let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert, key) = (c.cert.pem(), c.signing_key.serialize_pem());
     let tls = TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();

@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::common::TestServer;
 use camp_server::extension::Message;
 use camp_server::server::Server;
-use camp_server::server::tls::{ClientTls, TlsConfig};
 use camp_server::session::{SessionEvent, StreamOptions};
+use camp_server::tls::{ClientTls, TlsConfig};
 use tokio::io::AsyncReadExt;
 
 #[tokio::test]
@@ -34,7 +34,7 @@ async fn two_servers_talk_through_connect_peer() {
     at_b.send_binary(vec![1, 2, 3]).acked().await.unwrap();
     assert_eq!(
         from_b.next_message().await,
-        Some(Message::Binary(vec![1, 2, 3]))
+        Some(Message::Binary(vec![1, 2, 3].into()))
     );
 
     // Streams both ways: A pushes to B, B serves a PULL to A.

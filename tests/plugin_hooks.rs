@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 fn message_for(hook: Hook, text: &str) -> Message {
     match hook {
         Hook::BeforeSendUtf8 | Hook::OnReceiveUtf8 => Message::Utf8(text.into()),
-        Hook::BeforeSendBinary | Hook::OnReceiveBinary => Message::Binary(text.as_bytes().to_vec()),
+        Hook::BeforeSendBinary | Hook::OnReceiveBinary => {
+            Message::Binary(text.as_bytes().to_vec().into())
+        }
         Hook::BeforeSendError | Hook::OnReceiveError => Message::Error(text.into()),
     }
 }
@@ -319,14 +321,14 @@ fn filter_drops_blocked_words_patterns_and_oversize() {
         &*filter,
         Hook::OnReceiveBinary,
         &session,
-        Message::Binary(vec![0; 33]),
+        Message::Binary(vec![0; 33].into()),
     );
     assert_eq!(result, Ok(Verdict::Drop));
     let (result, _) = call(
         &*filter,
         Hook::OnReceiveBinary,
         &session,
-        Message::Binary(vec![0; 32]),
+        Message::Binary(vec![0; 32].into()),
     );
     assert_eq!(result, Ok(Verdict::Pass));
     // Error messages are not filtered (not declared).

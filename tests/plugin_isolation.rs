@@ -204,7 +204,7 @@ async fn a_hundred_failures_later_the_plugin_serves_every_other_session() {
     }
     let stats = pipeline.list()[0].stats.clone();
     assert!(stats.failure_count() >= 4, "{}", stats.failure_count());
-    let metrics = server.server.metrics().render(&pipeline);
+    let metrics = camp_server::admin::render_metrics(&server.server, None);
     assert!(
         metrics.contains("camp_extension_failures_total{extension=\"probe\",kind=\"trap\"}"),
         "{metrics}"

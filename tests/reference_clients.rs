@@ -66,7 +66,7 @@ async fn the_browser_client_handshakes_implicitly() {
     assert_eq!(echo.sid, 4242);
     let metrics = server.server.metrics();
     assert_eq!(metrics.tolerated_count(Tolerated::ImplicitHandshake), 1);
-    let text = metrics.render(server.server.pipeline());
+    let text = camp_server::admin::render_metrics(&server.server, None);
     assert!(
         text.contains("camp_protocol_tolerated_total{kind=\"implicit_handshake\"} 1"),
         "{text}"

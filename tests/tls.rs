@@ -7,8 +7,8 @@ use crate::common::{TOKEN, TestServer};
 use camp_server::client::{Client, ClientError, ClientTls};
 use camp_server::extension::Message;
 use camp_server::server::Server;
-use camp_server::server::tls::{TlsConfig, TlsError};
 use camp_server::session::{SessionEvent, StreamOptions};
+use camp_server::tls::{TlsConfig, TlsError};
 use tokio::io::AsyncReadExt;
 
 /// A self-signed certificate for `localhost`: (cert PEM, key PEM).

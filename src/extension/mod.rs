@@ -44,6 +44,10 @@ mod pipeline;
 use std::future::Future;
 use std::pin::Pin;
 
+/// Messages and verdicts are the session's: extensions implement the
+/// session's [`Filter`](crate::session::Filter) seam through the
+/// [`Pipeline`].
+pub use crate::session::{Message, Verdict};
 pub use pipeline::{ExtensionInfo, ExtensionStats, Pipeline, PipelineError};
 
 use crate::session::Session;
@@ -151,51 +155,6 @@ impl HookSet {
     }
 }
 
-/// A message as extensions see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Message {
-    /// A UTF8DATA payload.
-    Utf8(String),
-    /// A BINARYDATA payload.
-    Binary(Vec<u8>),
-    /// An ERROR payload.
-    Error(String),
-}
-
-impl Message {
-    /// `utf8`, `binary` or `error`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Message::Utf8(_) => "utf8",
-            Message::Binary(_) => "binary",
-            Message::Error(_) => "error",
-        }
-    }
-
-    /// Payload length in bytes.
-    pub fn len(&self) -> usize {
-        match self {
-            Message::Utf8(s) | Message::Error(s) => s.len(),
-            Message::Binary(b) => b.len(),
-        }
-    }
-
-    /// Whether the payload is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// What an extension decided about a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The message (possibly rewritten in place) goes on.
-    Pass,
-    /// The message stops here: later extensions and the application (or the
-    /// peer) never see it.
-    Drop,
-}
-
 /// What the pipeline does when an extension's hook fails.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize,
@@ -207,7 +166,8 @@ pub enum FailurePolicy {
     FailClosed,
     /// Let the message through unchanged, as if the extension passed it.
     FailOpen,
-    /// Drop the message and close the session with 4002.
+    /// Drop the message and close the session with 4002
+    /// ([`Verdict::Close`]).
     CloseSession,
 }
 

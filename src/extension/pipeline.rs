@@ -1,13 +1,13 @@
 //! The ordered list of extensions that every message passes through.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use super::{Extension, FailurePolicy, Hook, HookError, HookSet, Message, Verdict};
 use crate::metrics::{HOOK_BOUNDS, Histogram};
 use crate::protocol::close;
-use crate::session::Session;
+use crate::session::{Direction, Filter, FilterFuture, Session};
 
 /// Why the pipeline refused a change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,6 +111,9 @@ struct Entry {
 #[derive(Clone, Default)]
 pub struct Pipeline {
     entries: Arc<RwLock<Arc<[Entry]>>>,
+    /// The union of the registered extensions' hooks ([`HookSet`] bits),
+    /// so that a message no extension hooks costs one atomic load.
+    hooks: Arc<AtomicU8>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -143,7 +146,9 @@ impl Pipeline {
         let mut list = guard.to_vec();
         let result = f(&mut list);
         list.sort_by(|a, b| (a.order, a.extension.name()).cmp(&(b.order, b.extension.name())));
+        let hooks = list.iter().fold(0, |bits, e| bits | e.hooks.bits());
         *guard = list.into();
+        self.hooks.store(hooks, Ordering::Release);
         result
     }
 
@@ -250,7 +255,22 @@ impl Pipeline {
     /// `message`. Every verdict counts: the first [`Verdict::Drop`] stops the
     /// message. A failing hook is logged with the extension's name, counted,
     /// and handled by its [`FailurePolicy`].
+    ///
+    /// An extension whose policy is [`FailurePolicy::CloseSession`] drops
+    /// the message and asks `session` to close with 4002 (a session's own
+    /// task gets [`Verdict::Close`] instead, through the [`Filter`] seam).
     pub async fn run(&self, hook: Hook, session: &Session, message: &mut Message) -> Verdict {
+        match self.decide(hook, session, message).await {
+            Verdict::Close { code, reason } => {
+                session.close_with(code, reason);
+                Verdict::Drop
+            }
+            verdict => verdict,
+        }
+    }
+
+    /// [`Pipeline::run`], with a close asked for as [`Verdict::Close`].
+    async fn decide(&self, hook: Hook, session: &Session, message: &mut Message) -> Verdict {
         let entries = self.snapshot();
         for entry in entries.iter().filter(|e| e.hooks.contains(hook)) {
             let started = std::time::Instant::now();
@@ -262,6 +282,10 @@ impl Pipeline {
                 Ok(Verdict::Drop) => {
                     entry.stats.drops.fetch_add(1, Ordering::Relaxed);
                     return Verdict::Drop;
+                }
+                Ok(close @ Verdict::Close { .. }) => {
+                    entry.stats.drops.fetch_add(1, Ordering::Relaxed);
+                    return close;
                 }
                 Err(err) => {
                     let policy = entry.extension.failure_policy();
@@ -277,11 +301,10 @@ impl Pipeline {
                         FailurePolicy::FailOpen => {}
                         FailurePolicy::FailClosed => return Verdict::Drop,
                         FailurePolicy::CloseSession => {
-                            session.close_with(
-                                close::SERVER_ERROR,
-                                format!("extension {} failed", entry.extension.name()),
-                            );
-                            return Verdict::Drop;
+                            return Verdict::Close {
+                                code: close::SERVER_ERROR,
+                                reason: format!("extension {} failed", entry.extension.name()),
+                            };
                         }
                     }
                 }
@@ -302,5 +325,32 @@ impl Pipeline {
         for entry in self.snapshot().iter() {
             entry.extension.session_closed(session).await;
         }
+    }
+}
+
+/// The pipeline is the session's filter: inbound messages go through the
+/// `on_receive_*` hooks, outbound ones through `before_send_*`.
+impl Filter for Pipeline {
+    fn wants(&self, direction: Direction, message: &Message) -> bool {
+        let hook = Hook::for_message(message, direction == Direction::Outbound);
+        HookSet::from_bits(self.hooks.load(Ordering::Acquire)).contains(hook)
+    }
+
+    fn filter<'a>(
+        &'a self,
+        direction: Direction,
+        session: &'a Session,
+        message: &'a mut Message,
+    ) -> FilterFuture<'a, Verdict> {
+        let hook = Hook::for_message(message, direction == Direction::Outbound);
+        Box::pin(self.decide(hook, session, message))
+    }
+
+    fn opened<'a>(&'a self, session: &'a Session) -> FilterFuture<'a, ()> {
+        Box::pin(self.session_opened(session))
+    }
+
+    fn closed<'a>(&'a self, session: &'a Session) -> FilterFuture<'a, ()> {
+        Box::pin(self.session_closed(session))
     }
 }

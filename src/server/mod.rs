@@ -19,7 +19,6 @@
 //! ```
 
 mod registry;
-pub mod tls;
 mod upgrade;
 
 pub(crate) use upgrade::read_head as read_request_head;
@@ -29,8 +28,8 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,17 +38,17 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::client::{Client, ClientError};
 use crate::extension::Pipeline;
 use crate::metrics::{Metrics, Tolerated};
 use crate::protocol;
 use crate::session::{
-    Backpressure, Driver, Role, Session, SessionConfig, SessionEvents, event_channel,
+    Backpressure, Driver, Filter, Role, Session, SessionConfig, SessionEvents, Setup, open,
 };
-use registry::Registry;
-use tls::{ClientTls, TlsConfig};
+use crate::tls::{ClientTls, TlsConfig};
+use crate::transport::ws_config;
+use registry::{Registry, Reservation};
 use upgrade::Prefixed;
 
 /// An async check of a bearer token: true admits the client.
@@ -194,10 +193,12 @@ impl ServerBuilder {
             validator: self
                 .validator
                 .unwrap_or_else(|| Arc::new(|_| Box::pin(async { false }))),
+            filter: Arc::new(self.pipeline.clone()),
             pipeline: self.pipeline,
             tls: self.tls,
             peer_tls: self.peer_tls,
             registry: Registry::default(),
+            peers: Mutex::default(),
             incoming: tx,
             shutdown,
             ready: AtomicBool::new(self.ready),
@@ -226,11 +227,16 @@ struct Inner {
     session: SessionConfig,
     validator: Validator,
     pipeline: Pipeline,
+    /// The pipeline as every session's filter.
+    filter: Arc<dyn Filter>,
     /// Accept TLS with this certificate.
     tls: Option<TlsConfig>,
     /// Roots for `wss://` peers.
     peer_tls: Option<ClientTls>,
     registry: Registry,
+    /// The tasks of sessions dialled with [`Server::connect_peer`]; shutdown
+    /// waits for them as for accepted ones.
+    peers: Mutex<JoinSet<()>>,
     incoming: mpsc::UnboundedSender<(Session, SessionEvents)>,
     /// Turns true when the server shuts down; every session watches it.
     shutdown: watch::Sender<bool>,
@@ -284,29 +290,51 @@ impl Server {
     /// Dials another CAMP server (`ws://` or `wss://` URL, bearer `token`;
     /// the reference's `ConnectPeer`) and returns the session, with the
     /// same API as an accepted one: this server's keep-alive, backpressure
-    /// and extension pipeline apply, and it closes when the server shuts
-    /// down. The session id goes as both `x-camp-sid` and `x-CAMP-sid`, so
-    /// the reference server (which reads only the latter) accepts it; no
-    /// subprotocol is offered, like the reference's own peer client.
+    /// and extension pipeline apply, it counts in this server's metrics,
+    /// is listed in [`Server::sessions`] (and `/admin`), and shutdown says
+    /// BYE to it and waits for it like for accepted sessions. The session id
+    /// goes as both `x-camp-sid` and `x-CAMP-sid`, so the reference server
+    /// (which reads only the latter) accepts it; no subprotocol is offered,
+    /// like the reference's own peer client.
     pub async fn connect_peer(
         &self,
         url: impl Into<String>,
         token: impl Into<String>,
     ) -> Result<(Session, SessionEvents), ClientError> {
-        let config = &self.inner.session;
+        let inner = &self.inner;
+        let config = &inner.session;
         let mut client = Client::new(url, token)
             .sid_params(["x-camp-sid", "x-CAMP-sid"])
             .subprotocol(false)
             .keep_alive(config.keep_alive)
             .handshake_timeout(config.handshake_timeout)
             .backpressure(config.backpressure)
-            .pipeline(self.inner.pipeline.clone());
-        if let Some(roots) = &self.inner.peer_tls {
+            .pipeline(inner.pipeline.clone());
+        if let Some(roots) = &inner.peer_tls {
             client = client.tls(roots.clone());
         }
-        client
-            .connect_until(Some(self.inner.shutdown.subscribe()))
-            .await
+        let dial = client.dial().await?;
+        let Some(reservation) = inner.registry.reserve(dial.sid) else {
+            return Err(ClientError::Io(std::io::Error::other(format!(
+                "session id {} is in use on this server",
+                dial.sid
+            ))));
+        };
+        let remote = dial.remote;
+        let setup = client.setup(
+            &dial,
+            config.metrics.clone(),
+            Some(inner.shutdown.subscribe()),
+        );
+        let (session, events, driver) =
+            open(dial.ws, setup).await.map_err(ClientError::Handshake)?;
+        reservation.attach(session.clone());
+        let this = inner.clone();
+        let mut peers = inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+        // Reap peers that ended, so the set holds only live ones.
+        while peers.try_join_next().is_some() {}
+        peers.spawn(async move { this.run(driver, reservation, remote).await });
+        Ok((session, events))
     }
 
     /// Accepts connections on `listener` until `shutdown` completes; then
@@ -339,15 +367,26 @@ impl Server {
             }
         }
         drop(listener);
-        tracing::info!(sessions = connections.len(), "shutting down");
+        let mut peers =
+            std::mem::take(&mut *self.inner.peers.lock().unwrap_or_else(|e| e.into_inner()));
+        tracing::info!(
+            sessions = connections.len(),
+            peers = peers.len(),
+            "shutting down"
+        );
         self.inner.shutdown.send_replace(true);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while connections.join_next().await.is_some() {}
+            while peers.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(left = connections.len(), "sessions did not close in time");
+            tracing::warn!(
+                left = connections.len() + peers.len(),
+                "sessions did not close in time"
+            );
             connections.shutdown().await;
+            peers.shutdown().await;
         }
         Ok(())
     }
@@ -435,33 +474,43 @@ impl Inner {
                 return;
             }
         };
-        let mut driver = Driver::new(
-            ws,
-            up.sid,
-            Role::Server,
-            self.session.clone(),
-            self.pipeline.clone(),
-        );
-        let features = match driver.handshake(self.shutdown.subscribe()).await {
-            Ok(features) => features,
+        let setup = Setup {
+            sid: up.sid,
+            role: Role::Server,
+            remote: Some(remote),
+            config: self.session.clone(),
+            filter: self.filter.clone(),
+            shutdown: self.shutdown.subscribe(),
+        };
+        let (session, events, driver) = match open(ws, setup).await {
+            Ok(opened) => opened,
             Err(info) => {
                 tracing::info!(%remote, sid = up.sid, code = info.code, "handshake failed: {}", info.reason);
                 return;
             }
         };
-        let (session, commands) = Session::new(up.sid, Some(remote), features);
         reservation.attach(session.clone());
-        let (events_tx, events) = event_channel();
-        let _ = self.incoming.send((session.clone(), events));
-        tracing::info!(%remote, sid = up.sid, "session open");
-        let metrics = &self.session.metrics;
-        metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
-        metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
-        let info = driver
-            .run(session, commands, events_tx, self.shutdown.subscribe())
-            .await;
-        metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
-        tracing::info!(%remote, sid = up.sid, code = info.code, by_peer = info.by_peer, "session closed: {}", info.reason);
+        let _ = self.incoming.send((session, events));
+        self.run(driver, reservation, Some(remote)).await;
+    }
+
+    /// Runs an open session (accepted, or dialled as a peer) to its end;
+    /// its id is released after.
+    async fn run<S>(&self, driver: Driver<S>, reservation: Reservation, remote: Option<SocketAddr>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let sid = reservation.sid();
+        tracing::info!(?remote, sid, "session open");
+        let info = driver.run().await;
+        tracing::info!(
+            ?remote,
+            sid,
+            code = info.code,
+            by_peer = info.by_peer,
+            "session closed: {}",
+            info.reason
+        );
         drop(reservation);
     }
 
@@ -476,24 +525,4 @@ impl Inner {
         self.session.metrics.refused(refusal.reason);
         let _ = refusal.send(stream).await;
     }
-}
-
-/// WebSocket settings: messages a little larger than the largest CAMP frame
-/// still reach the codec, so an oversized frame gets a precise ERROR.
-///
-/// The read buffer is 8 KiB instead of tungstenite's 128 KiB default:
-/// tungstenite allocates it per connection up front and zero-fills its
-/// free part before every socket read, so the default made every idle
-/// session cost ~128 KiB of resident memory and every read a 128 KiB
-/// memset. Measured with `camp-bench` (see BENCHMARKS.md): idle memory
-/// drops from ~139 KiB to ~30 KiB per session; large frames still arrive
-/// whole (the buffer grows to the frame's length and reads in 8 KiB
-/// steps).
-pub(crate) const READ_BUFFER: usize = 8 * 1024;
-
-pub(crate) fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .max_message_size(Some(2 * protocol::MAX_FRAME))
-        .max_frame_size(Some(2 * protocol::MAX_FRAME))
 }

@@ -50,6 +50,11 @@ impl Registry {
 }
 
 impl Reservation {
+    /// The reserved id.
+    pub(crate) fn sid(&self) -> u64 {
+        self.sid
+    }
+
     /// Records the session once its handshake is done.
     pub(crate) fn attach(&self, session: Session) {
         self.registry.lock().insert(self.sid, Some(session));

@@ -15,8 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// The subprotocol token of CAMP.
-pub const SUBPROTOCOL: &str = "camp";
+pub use crate::transport::SUBPROTOCOL;
 
 /// Why an upgrade request is refused: an HTTP status and a short text.
 #[derive(Debug, Clone, PartialEq, Eq)]

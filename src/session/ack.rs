@@ -1,6 +1,6 @@
 //! Tracking of ACK-tracked frames we sent: ids, round-trip time, timeouts.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{DeliveryError, DeliveryTx};
@@ -22,17 +22,17 @@ struct Pending {
 
 /// Assigns ack ids and resolves them when the peer's ACK arrives.
 ///
-/// Ids increase by one per tracked frame and wrap at `u32::MAX`. Pending
-/// entries are kept in a map (ACKs may come in any order) plus a queue in
-/// send order, so expiry looks only at the oldest entries.
+/// Ids increase by one per tracked frame and wrap at `u32::MAX`, so the
+/// pending frames are a window of consecutive ids: they live in a ring
+/// indexed by `id - first`, in send order. An ACK (in any order) is an
+/// index; the oldest pending frame, whose deadline is the next one, is the
+/// front; acknowledged slots are popped once they reach the front. No
+/// hashing, and the next deadline is always at hand.
 pub(crate) struct AckTracker {
-    /// The id the next tracked frame gets.
-    next_id: u32,
-    /// Frames not yet acknowledged, by id.
-    pending: HashMap<u32, Pending>,
-    /// Ids in send order with their send time; entries already acknowledged
-    /// are skipped when they reach the front.
-    order: VecDeque<(u32, Instant)>,
+    /// The id of `window[0]`.
+    first: u32,
+    /// Slot `i` is id `first + i`: `None` once acknowledged or forgotten.
+    window: VecDeque<Option<Pending>>,
     /// Smoothed round-trip time in milliseconds; `None` before the first ACK.
     srtt_ms: Option<f64>,
     /// Frames that were never acknowledged within [`ACK_TIMEOUT`].
@@ -42,39 +42,52 @@ pub(crate) struct AckTracker {
 impl AckTracker {
     pub(crate) fn new() -> AckTracker {
         AckTracker {
-            next_id: 0,
-            pending: HashMap::new(),
-            order: VecDeque::new(),
+            first: 0,
+            window: VecDeque::new(),
             srtt_ms: None,
             timeouts: 0,
         }
     }
 
+    /// The id the next tracked frame gets.
+    fn next_id(&self) -> u32 {
+        self.first.wrapping_add(self.window.len() as u32)
+    }
+
     /// Takes the next ack id for a frame sent now.
     pub(crate) fn track(&mut self, now: Instant, notify: Option<DeliveryTx>) -> u32 {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        if let Some(old) = self.pending.insert(
-            id,
-            Pending {
-                sent_at: now,
-                notify,
-            },
-        ) {
-            // Only after 2^32 frames within one ack timeout; treat the old
-            // entry as lost rather than confuse the two.
-            if let Some(tx) = old.notify {
-                let _ = tx.send(Err(DeliveryError::Timeout));
-            }
+        if self.window.len() == u32::MAX as usize {
+            // 2^32 - 1 frames pending within one ack timeout: the oldest
+            // is treated as lost rather than confused with the new id.
+            self.pop_front_expired();
         }
-        self.order.push_back((id, now));
+        let id = self.next_id();
+        self.window.push_back(Some(Pending {
+            sent_at: now,
+            notify,
+        }));
         id
+    }
+
+    /// The slot of `id`, if it is within the window.
+    fn slot(&mut self, id: u32) -> Option<&mut Option<Pending>> {
+        let index = id.wrapping_sub(self.first) as usize;
+        self.window.get_mut(index)
+    }
+
+    /// Drops resolved slots from the front.
+    fn trim(&mut self) {
+        while let Some(None) = self.window.front() {
+            self.window.pop_front();
+            self.first = self.first.wrapping_add(1);
+        }
     }
 
     /// Handles the peer's ACK for `id`; returns the round trip. `None` for
     /// an id we are not waiting for (a duplicate, or one that expired).
     pub(crate) fn ack(&mut self, id: u32, now: Instant) -> Option<Duration> {
-        let p = self.pending.remove(&id)?;
+        let p = self.slot(id)?.take()?;
+        self.trim();
         let rtt = now.duration_since(p.sent_at);
         let sample = rtt.as_secs_f64() * 1000.0;
         self.srtt_ms = Some(match self.srtt_ms {
@@ -90,56 +103,59 @@ impl AckTracker {
     /// Forgets a frame that will never be sent (dropped from the queue),
     /// telling its sender why.
     pub(crate) fn forget(&mut self, id: u32, why: DeliveryError) {
-        if let Some(p) = self.pending.remove(&id)
-            && let Some(tx) = p.notify
-        {
-            let _ = tx.send(Err(why));
+        if let Some(p) = self.slot(id).and_then(Option::take) {
+            self.trim();
+            if let Some(tx) = p.notify {
+                let _ = tx.send(Err(why));
+            }
         }
+    }
+
+    /// Expires the front entry as a timeout.
+    fn pop_front_expired(&mut self) {
+        if let Some(Some(p)) = self.window.pop_front() {
+            if let Some(tx) = p.notify {
+                let _ = tx.send(Err(DeliveryError::Timeout));
+            }
+            self.timeouts += 1;
+        }
+        self.first = self.first.wrapping_add(1);
+        self.trim();
     }
 
     /// Expires entries older than [`ACK_TIMEOUT`]; returns how many expired.
     pub(crate) fn expire(&mut self, now: Instant) -> u64 {
-        let mut expired = 0;
-        while let Some(&(id, sent_at)) = self.order.front() {
-            match self.pending.get(&id) {
-                Some(p) if p.sent_at == sent_at => {
-                    if now.duration_since(sent_at) < ACK_TIMEOUT {
-                        break;
-                    }
-                    let p = self.pending.remove(&id).expect("present");
-                    if let Some(tx) = p.notify {
-                        let _ = tx.send(Err(DeliveryError::Timeout));
-                    }
-                    expired += 1;
-                }
-                _ => {}
+        let before = self.timeouts;
+        while let Some(Some(p)) = self.window.front() {
+            if now.duration_since(p.sent_at) < ACK_TIMEOUT {
+                break;
             }
-            self.order.pop_front();
+            self.pop_front_expired();
         }
-        self.timeouts += expired;
-        expired
+        self.timeouts - before
     }
 
     /// When the oldest pending entry expires, if any is pending.
-    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        // Skip entries already acknowledged so the deadline is a real one.
-        while let Some(&(id, sent_at)) = self.order.front() {
-            if self.pending.get(&id).is_some_and(|p| p.sent_at == sent_at) {
-                return Some(sent_at + ACK_TIMEOUT);
-            }
-            self.order.pop_front();
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        match self.window.front() {
+            Some(Some(p)) => Some(p.sent_at + ACK_TIMEOUT),
+            _ => None,
         }
-        None
     }
 
     /// Fails every pending entry: the session is gone.
     pub(crate) fn close(&mut self) {
-        for (_, p) in self.pending.drain() {
+        for p in self.window.drain(..).flatten() {
             if let Some(tx) = p.notify {
                 let _ = tx.send(Err(DeliveryError::Closed));
             }
         }
-        self.order.clear();
+    }
+
+    /// Frames waiting for their ACK.
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
+        self.window.iter().filter(|p| p.is_some()).count()
     }
 
     pub(crate) fn srtt_ms(&self) -> Option<f64> {
@@ -158,7 +174,7 @@ mod tests {
     #[test]
     fn ids_increment_and_wrap() {
         let mut t = AckTracker::new();
-        t.next_id = u32::MAX - 1;
+        t.first = u32::MAX - 1;
         let now = Instant::now();
         assert_eq!(t.track(now, None), u32::MAX - 1);
         assert_eq!(t.track(now, None), u32::MAX);
@@ -195,7 +211,7 @@ mod tests {
         assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(4000)));
         assert_eq!(t.expire(t0 + Duration::from_millis(4000)), 1);
         assert!(t.ack(third, t0 + Duration::from_millis(4001)).is_none());
-        assert_eq!((t.timeouts(), t.pending.len()), (2, 0));
+        assert_eq!((t.timeouts(), t.pending()), (2, 0));
         assert_eq!(t.ack(first, t0), None);
     }
 }

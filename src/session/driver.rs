@@ -1,17 +1,28 @@
-//! The task that owns one connection: handshake, ACKs, heartbeat, the
-//! pipeline, and the close sequence.
+//! The task that owns one connection: it reads frames, runs them through
+//! the filter, and writes and flushes what is queued, in one loop
+//! (mini-redis's `Handler::run`, hyper's h1 dispatcher): handshake, ACKs,
+//! heartbeat, transactions, and the close sequence.
+//!
+//! Each turn of the loop waits for the first of: a WebSocket message (while
+//! reading is allowed), a command from a handle, a timer, shutdown, or the
+//! end of a pause. Before it waits, everything queued is handed to the
+//! WebSocket; the socket is flushed only when nothing else is ready (or
+//! after [`TURNS_PER_FLUSH`] turns), so a burst of frames read together is
+//! answered with one write.
 
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -19,11 +30,11 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use super::ack::AckTracker;
 use super::queue::{Backpressure, Class, Item, Pushed, Queue};
-use super::transaction::{Transactions, TxEffect};
+use super::transaction::{RxBudget, Transactions, TxEffect};
 use super::{
-    CloseInfo, Command, DeliveryError, EventBytes, Session, SessionEvent, SessionEvents, Stats,
+    CloseInfo, Command, DeliveryError, DeliveryTx, Direction, EventBytes, Filter, Message, Session,
+    SessionEvent, SessionEvents, Stats, Verdict,
 };
-use crate::extension::{Hook, Message, Pipeline, Verdict};
 use crate::metrics::{Metrics, Tolerated};
 use crate::protocol::{self, Body, Frame, FrameError, PingPong, close};
 
@@ -55,6 +66,22 @@ pub(crate) struct SessionConfig {
     pub strict: bool,
 }
 
+/// Everything a session needs besides its connection.
+pub(crate) struct Setup {
+    /// The session id (`x-camp-sid`).
+    pub sid: u64,
+    /// Server or client end.
+    pub role: Role,
+    /// The peer's address.
+    pub remote: Option<SocketAddr>,
+    /// Settings.
+    pub config: SessionConfig,
+    /// What every message passes through.
+    pub filter: Arc<dyn Filter>,
+    /// Turns true when the session must close gracefully (server shutdown).
+    pub shutdown: watch::Receiver<bool>,
+}
+
 /// How many malformed frames a session may send before it is closed: each
 /// is answered with an ERROR frame, but a peer that only sends garbage is
 /// cut off rather than answered forever.
@@ -67,18 +94,112 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// session's reading, which is the backpressure a slow application exerts.
 const EVENTS_CAPACITY: usize = 256;
 
-type Stream<S> = SplitStream<WebSocketStream<S>>;
+/// Most turns (frames read, commands served) between two flushes while
+/// input keeps arriving: replies to a long burst are not held back for
+/// the whole burst.
+const TURNS_PER_FLUSH: u32 = 32;
+
+/// Builds a session on an upgraded WebSocket and runs the CAMP handshake.
+/// On success the session is whole (handle, events, task); the caller runs
+/// [`Driver::run`] (on its own task or awaited in place). On failure the
+/// connection was closed and the reason is returned. The one way every
+/// session starts: accepted, dialled by a client, dialled as a peer.
+pub(crate) async fn open<S>(
+    ws: WebSocketStream<S>,
+    setup: Setup,
+) -> Result<(Session, SessionEvents, Driver<S>), CloseInfo>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Setup {
+        sid,
+        role,
+        remote,
+        config,
+        filter,
+        shutdown,
+    } = setup;
+    let queue = Arc::new(Queue::new(config.backpressure));
+    let (session, commands) = Session::new(sid, remote, queue.clone());
+    let tx = Transactions::new(
+        sid,
+        queue.clone(),
+        role == Role::Server,
+        !config.strict,
+        session.command_sender(),
+    );
+    let keep_alive = config.keep_alive;
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (events_tx, events) = event_channel();
+    let mut driver = Driver {
+        ws,
+        out: VecDeque::new(),
+        unflushed: 0,
+        close_sent: false,
+        write_blocked: false,
+        turns: 0,
+        yielded: true,
+        write_first: false,
+        flush_now: false,
+        queue,
+        bytes_tx: 0,
+        bytes_rx: 0,
+        sid,
+        role,
+        config,
+        filter,
+        acks: AckTracker::new(),
+        malformed: 0,
+        tx,
+        info_ack: None,
+        info_acked: false,
+        implicit: false,
+        pending: None,
+        logged: 0,
+        session: session.clone(),
+        commands,
+        events: events_tx,
+        waits: Waits {
+            shutdown: Box::pin(shutting_down(shutdown)),
+            heartbeat,
+            expiry: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            expiry_at: None,
+            resume: None,
+            reserve: None,
+        },
+    };
+    let features = driver.handshake().await?;
+    session.set_peer_features(features);
+    Ok((session, events, driver))
+}
 
 /// One connection's state, owned by its task.
 pub(crate) struct Driver<S> {
-    /// Incoming WebSocket messages.
-    stream: Stream<S>,
-    /// Outgoing frames, drained by the writer task.
+    /// The connection, read and written by this task only.
+    ws: WebSocketStream<S>,
+    /// Items taken from the queue, not yet handed to the WebSocket.
+    out: VecDeque<Item>,
+    /// Bytes handed to the WebSocket since the last flush.
+    unflushed: usize,
+    /// Whether our close frame was handed to the WebSocket.
+    close_sent: bool,
+    /// Whether the socket had no room at the last try (the peer is not
+    /// reading as fast as we write).
+    write_blocked: bool,
+    /// Turns since the last flush.
+    turns: u32,
+    /// The task yielded since the last turn: the next turn starts a poll.
+    yielded: bool,
+    /// Whether this poll of the task writes before it reads.
+    write_first: bool,
+    /// Flush at the next chance (a turn limit or the high-water mark was
+    /// reached).
+    flush_now: bool,
+    /// Outgoing frames (ours, and the transaction sender tasks').
     queue: Arc<Queue>,
-    /// The writer task; its end means the connection can no longer send.
-    writer: JoinHandle<()>,
-    /// Bytes written by the writer task.
-    bytes_tx: Arc<AtomicU64>,
+    /// Bytes of frames written.
+    bytes_tx: u64,
     /// Bytes of frames received.
     bytes_rx: u64,
     /// This session's id; stamped on every outgoing frame.
@@ -87,8 +208,8 @@ pub(crate) struct Driver<S> {
     role: Role,
     /// Settings.
     config: SessionConfig,
-    /// Extensions applied to every message.
-    pipeline: Pipeline,
+    /// What every message passes through.
+    filter: Arc<dyn Filter>,
     /// Pending ACKs of frames we sent.
     acks: AckTracker,
     /// Malformed frames received so far.
@@ -109,7 +230,39 @@ pub(crate) struct Driver<S> {
     /// Tolerated deviations already logged for this session (bit per
     /// [`Tolerated`] kind): each is logged once per session, counted always.
     logged: u8,
+    /// The handle this task serves.
+    session: Session,
+    /// Requests from the handles.
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// The application's events.
+    events: EventSender,
+    /// What the loop waits on besides the socket and the commands; kept
+    /// across turns so that nothing is re-armed unless it changed.
+    waits: Waits,
 }
+
+/// The loop's timers and rarely needed waits.
+struct Waits {
+    /// Completes when the server shuts down.
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// PING and liveness check, every keep-alive interval.
+    heartbeat: Interval,
+    /// The oldest pending ACK's deadline.
+    expiry: Pin<Box<Sleep>>,
+    /// What `expiry` is set to, if anything is pending.
+    expiry_at: Option<Instant>,
+    /// While reading is paused: completes when the cause may have eased.
+    resume: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// While the application's event channel is full: a reservation.
+    reserve: Option<ReserveFuture>,
+}
+
+type ReserveFuture = Pin<
+    Box<
+        dyn Future<Output = Result<mpsc::OwnedPermit<SessionEvent>, mpsc::error::SendError<()>>>
+            + Send,
+    >,
+>;
 
 /// What ended the main loop.
 enum Exit {
@@ -119,49 +272,47 @@ enum Exit {
     Local(u16, String),
 }
 
+/// What woke the loop.
+enum Wake {
+    /// A WebSocket message, or the end of the connection.
+    Read(Option<Result<WsMessage, WsError>>),
+    /// A request from a handle.
+    Command(Command),
+    /// The heartbeat interval passed.
+    Tick,
+    /// The oldest pending ACK is due.
+    Expiry,
+    /// The server shuts down.
+    Shutdown,
+    /// A pause of reading may be over.
+    Resumed,
+    /// A place in the application's event channel.
+    Reserved(Option<mpsc::OwnedPermit<SessionEvent>>),
+    /// Writing failed: the connection is gone.
+    WriteFailed(WsError),
+}
+
+/// Why reading from the peer is paused, if it is.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+struct Paused {
+    /// Stream readers are behind (receive budget spent).
+    readers: bool,
+    /// The peer does not read what we send (queue at its caps).
+    congested: bool,
+    /// The application has not taken `max_queued_bytes` of messages.
+    app: bool,
+}
+
+impl Paused {
+    fn any(self) -> bool {
+        self.readers || self.congested || self.app
+    }
+}
+
 impl<S> Driver<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// Takes over an upgraded WebSocket and starts its writer.
-    pub(crate) fn new(
-        ws: WebSocketStream<S>,
-        sid: u64,
-        role: Role,
-        config: SessionConfig,
-        pipeline: Pipeline,
-    ) -> Driver<S> {
-        let (sink, stream) = ws.split();
-        let lenient = !config.strict;
-        let queue = Arc::new(Queue::new(config.backpressure));
-        let bytes_tx = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(write_loop(
-            sink,
-            queue.clone(),
-            bytes_tx.clone(),
-            config.metrics.clone(),
-        ));
-        Driver {
-            stream,
-            queue: queue.clone(),
-            writer,
-            bytes_tx,
-            bytes_rx: 0,
-            sid,
-            role,
-            config,
-            pipeline,
-            acks: AckTracker::new(),
-            malformed: 0,
-            tx: Transactions::new(sid, queue, role == Role::Server, lenient),
-            info_ack: None,
-            info_acked: false,
-            implicit: false,
-            pending: None,
-            logged: 0,
-        }
-    }
-
     /// Counts a tolerated deviation; logs it once per session.
     fn tolerate(&mut self, kind: Tolerated, what: &str) {
         self.config.metrics.tolerated(kind);
@@ -177,15 +328,8 @@ where
     }
 
     fn push(&mut self, body: Body, class: Class) {
-        let frame = Frame::new(self.sid, body);
-        let item = Item::Frame {
-            ack: frame.body.ack(),
-            ty: frame.body.frame_type(),
-            bytes: frame.encode(),
-            class,
-        };
         // Only data frames are ever dropped, and they all carry an ack id.
-        let dropped = match self.queue.push(item) {
+        let dropped = match self.queue.push(Item::encode(self.sid, body, class)) {
             Pushed::Queued(evicted) => evicted,
             Pushed::Dropped(id) => id.into_iter().collect(),
             Pushed::Closed => Vec::new(),
@@ -194,7 +338,7 @@ where
             let policy = self.queue.limits().drop_policy;
             self.config
                 .metrics
-                .queue_dropped(policy, dropped.len() as u64);
+                .queue_dropped(policy.label(), dropped.len() as u64);
         }
         for id in dropped {
             self.acks.forget(id, DeliveryError::DroppedByQueue);
@@ -249,73 +393,93 @@ where
         None
     }
 
-    /// Reads the next CAMP frame. Malformed input is answered here and
-    /// reading goes on; the end of the connection is an `Err(Exit)`.
-    async fn next_frame(&mut self) -> Result<Frame, Exit> {
+    /// Turns one WebSocket message into a CAMP frame. Malformed input is
+    /// answered here (`Ok(None)`); the end of the connection is an
+    /// `Err(Exit)`.
+    fn on_ws_message(
+        &mut self,
+        read: Option<Result<WsMessage, WsError>>,
+    ) -> Result<Option<Frame>, Exit> {
+        let msg = match read {
+            Some(Ok(msg)) => msg,
+            Some(Err(WsError::Capacity(e))) => {
+                return Err(Exit::Local(
+                    close::CLIENT_ERROR,
+                    format!("frame too large: {e}"),
+                ));
+            }
+            Some(Err(e)) => return Err(Exit::Peer(lost(&e.to_string()))),
+            None => return Err(Exit::Peer(lost("connection lost"))),
+        };
+        let why = match msg {
+            WsMessage::Binary(bytes) => {
+                let len = bytes.len();
+                self.bytes_rx += len as u64;
+                match Frame::decode(bytes) {
+                    Ok(frame) if frame.sid != self.sid && self.config.strict => {
+                        format!("frame for session {} on session {}", frame.sid, self.sid)
+                    }
+                    Ok(frame) => {
+                        if frame.sid != self.sid {
+                            let what = format!(
+                                "frames carry sid {} on the session {} of this connection",
+                                frame.sid, self.sid
+                            );
+                            self.tolerate(Tolerated::ForeignSid, &what);
+                        }
+                        self.config.metrics.frame_in(frame.body.frame_type(), len);
+                        return Ok(Some(frame));
+                    }
+                    Err(e) => malformed_text(&e),
+                }
+            }
+            WsMessage::Text(_) => "text WebSocket messages are not CAMP frames; send binary".into(),
+            WsMessage::Close(frame) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                return Err(Exit::Peer(CloseInfo {
+                    code,
+                    reason,
+                    by_peer: true,
+                }));
+            }
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => return Ok(None),
+        };
+        match self.malformed(why) {
+            Some(exit) => Err(exit),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads the next CAMP frame (during the handshake: no commands, no
+    /// application yet), writing what is queued meanwhile.
+    async fn next_frame(&mut self, _: bool) -> Result<Frame, Exit> {
         loop {
-            let msg = match self.stream.next().await {
-                Some(Ok(msg)) => msg,
-                Some(Err(WsError::Capacity(e))) => {
-                    return Err(Exit::Local(
-                        close::CLIENT_ERROR,
-                        format!("frame too large: {e}"),
-                    ));
-                }
-                Some(Err(e)) => return Err(Exit::Peer(lost(&e.to_string()))),
-                None => return Err(Exit::Peer(lost("connection lost"))),
-            };
-            match msg {
-                WsMessage::Binary(bytes) => {
-                    let len = bytes.len();
-                    self.bytes_rx += len as u64;
-                    match Frame::decode(bytes) {
-                        Ok(frame) if frame.sid != self.sid && self.config.strict => {
-                            let why =
-                                format!("frame for session {} on session {}", frame.sid, self.sid);
-                            if let Some(exit) = self.malformed(why) {
-                                return Err(exit);
-                            }
-                        }
-                        Ok(frame) => {
-                            if frame.sid != self.sid {
-                                let what = format!(
-                                    "frames carry sid {} on the session {} of this connection",
-                                    frame.sid, self.sid
-                                );
-                                self.tolerate(Tolerated::ForeignSid, &what);
-                            }
-                            self.config.metrics.frame_in(frame.body.frame_type(), len);
-                            return Ok(frame);
-                        }
-                        Err(e) => {
-                            if let Some(exit) = self.malformed(malformed_text(&e)) {
-                                return Err(exit);
-                            }
-                        }
+            let wake = poll_fn(|cx| self.poll_wake(cx, false)).await;
+            match wake {
+                Wake::Read(read) => {
+                    if let Some(frame) = self.on_ws_message(read)? {
+                        return Ok(frame);
                     }
                 }
-                WsMessage::Text(_) => {
-                    let why = "text WebSocket messages are not CAMP frames; send binary".into();
-                    if let Some(exit) = self.malformed(why) {
-                        return Err(exit);
-                    }
+                Wake::Shutdown => {
+                    return Err(Exit::Local(close::GRACEFUL, "server shutting down".into()));
                 }
-                WsMessage::Close(frame) => {
-                    let (code, reason) = frame
-                        .map(|f| (u16::from(f.code), f.reason.to_string()))
-                        .unwrap_or((1005, String::new()));
-                    return Err(Exit::Peer(CloseInfo {
-                        code,
-                        reason,
-                        by_peer: true,
-                    }));
+                Wake::WriteFailed(e) => {
+                    return Err(Exit::Peer(lost(&format!(
+                        "connection lost while writing: {e}"
+                    ))));
                 }
-                WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+                Wake::Resumed
+                | Wake::Tick
+                | Wake::Expiry
+                | Wake::Reserved(_)
+                | Wake::Command(_) => {}
             }
         }
     }
 
-    /// Runs the CAMP handshake; returns the peer's feature flags.
     async fn handshake_inner(&mut self) -> Result<u64, Exit> {
         if self.role == Role::Server {
             let info = self.endpoint_info();
@@ -323,12 +487,10 @@ where
         }
         loop {
             // A peer that floods the handshake with PINGs and does not
-            // read our PONGs: stop reading until it does (the handshake
-            // timeout ends it otherwise).
-            if self.queue.congested() {
-                self.queue.drained().await;
-            }
-            let frame = self.next_frame().await?;
+            // read our PONGs is not read until it does (the handshake
+            // timeout ends it otherwise): `next_frame` pauses on a
+            // congested queue.
+            let frame = self.next_frame(false).await?;
             match frame.body {
                 Body::Ack { acked } => self.on_ack(acked),
                 Body::Ping(PingPong::Ping) => self.push(Body::Ping(PingPong::Pong), Class::Control),
@@ -401,129 +563,276 @@ where
     }
 
     /// Runs the handshake within the handshake timeout. On failure the
-    /// connection is closed and the reason returned.
-    /// A shutdown during the handshake closes gracefully at once rather
-    /// than waiting for the peer.
-    pub(crate) async fn handshake(
-        &mut self,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Result<u64, CloseInfo> {
+    /// connection is closed and the reason returned. A shutdown during the
+    /// handshake closes gracefully at once rather than waiting for the
+    /// peer.
+    async fn handshake(&mut self) -> Result<u64, CloseInfo> {
         let timeout = self.config.handshake_timeout;
-        let exit = tokio::select! {
-            done = tokio::time::timeout(timeout, self.handshake_inner()) => match done {
-                Ok(Ok(features)) => return Ok(features),
-                Ok(Err(exit)) => exit,
-                Err(_) => Exit::Local(
-                    close::CLIENT_ERROR,
-                    format!("handshake not completed within {timeout:?}"),
-                ),
-            },
-            _ = shutting_down(&mut shutdown) => {
-                Exit::Local(close::GRACEFUL, "server shutting down".into())
-            }
+        let exit = match tokio::time::timeout(timeout, self.handshake_inner()).await {
+            Ok(Ok(features)) => return Ok(features),
+            Ok(Err(exit)) => exit,
+            Err(_) => Exit::Local(
+                close::CLIENT_ERROR,
+                format!("handshake not completed within {timeout:?}"),
+            ),
         };
         Err(self.finish(exit).await)
     }
 
-    /// Runs the session until it ends. `shutdown` turning true closes it
-    /// gracefully.
-    pub(crate) async fn run(
-        mut self,
-        session: Session,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-        events: EventSender,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> CloseInfo {
-        self.pipeline.session_opened(&session).await;
-        session.attach_queue(self.queue.clone());
-        self.tx.attach(session.command_sender());
-        // Above the receive budget (chunks buffered for slow stream
-        // readers) the socket is not read until readers catch up; commands
-        // are still served meanwhile.
-        let rx_budget = self.tx.budget();
-        let keep_alive = self.config.keep_alive;
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut heard_since_tick = true;
-        let expiry = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(expiry);
+    /// Why reading is paused now, if it is.
+    fn paused(&self) -> Paused {
+        Paused {
+            // Chunks buffered for slow stream readers.
+            readers: self.tx.budget().exhausted(),
+            // The peer does not read what we send (the queue is at its
+            // caps and the socket has no room): every frame read may queue
+            // a reply (an ACK, a PONG), so we stop reading. A queue kept
+            // full by our own stream sender while the socket drains is no
+            // reason to stop reading.
+            congested: self.write_blocked && self.queue.congested(),
+            // The application has not taken this many bytes of messages:
+            // the per-session cap holds for what we deliver too.
+            app: self.events.waiting.bytes.load(Ordering::Acquire)
+                >= self.queue.limits().max_queued_bytes,
+        }
+    }
+
+    /// A future that completes when a cause of `paused` may have eased.
+    fn resume_when(&self, paused: Paused) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let budget: Arc<RxBudget> = self.tx.budget().clone();
         let queue = self.queue.clone();
-        // A frame is read only with a slot reserved in the application's
-        // event channel: while the application is behind, the session
-        // stops reading (backpressure on the peer) but keeps serving
-        // commands, timers and shutdown; it never blocks inside a frame.
-        let mut slot = Slot {
-            permit: None,
-            gone: false,
-            waiting: events.waiting.clone(),
-        };
-        slot.fill(&events.tx);
-        let mut pending = match self.pending.take() {
-            Some(frame) => self.on_frame(frame, &session, &mut slot).await,
+        let waiting = self.events.waiting.clone();
+        Box::pin(async move {
+            tokio::select! {
+                _ = budget.room(), if paused.readers => {}
+                _ = queue.drained(), if paused.congested => {}
+                _ = waiting.taken.notified(), if paused.app => {}
+            }
+        })
+    }
+
+    /// One turn's wait: writes what is queued, then returns the first thing
+    /// that is ready. `running` is false during the handshake (no commands,
+    /// no application, no heartbeat yet).
+    fn poll_wake(&mut self, cx: &mut Context<'_>, running: bool) -> Poll<Wake> {
+        if self.waits.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wake::Shutdown);
+        }
+        // Tokio's cooperative budget is per poll of the task, and reading a
+        // large frame can spend all of it: every other poll starts with a
+        // full write and flush, so neither direction starves the other.
+        let fresh = std::mem::take(&mut self.yielded);
+        if fresh {
+            self.write_first = !self.write_first;
+        }
+        if let Err(e) = self.poll_write(cx, fresh && self.write_first) {
+            return Poll::Ready(Wake::WriteFailed(e));
+        }
+        let paused = self.paused();
+        let slot_ready = !running || self.events.slot.ready();
+        // Commands and frames take turns being looked at first.
+        let commands_first = running && self.turns % 2 == 1;
+        if commands_first && let Poll::Ready(Some(command)) = self.commands.poll_recv(cx) {
+            return self.turn(Wake::Command(command));
+        }
+        if !paused.any()
+            && slot_ready
+            && let Poll::Ready(read) = Pin::new(&mut self.ws).poll_next(cx)
+        {
+            return self.turn(Wake::Read(read));
+        }
+        if running
+            && !commands_first
+            && let Poll::Ready(Some(command)) = self.commands.poll_recv(cx)
+        {
+            return self.turn(Wake::Command(command));
+        }
+        if paused.any() {
+            if self.waits.resume.is_none() {
+                self.waits.resume = Some(self.resume_when(paused));
+            }
+            let resume = self.waits.resume.as_mut().expect("just set");
+            if resume.as_mut().poll(cx).is_ready() {
+                self.waits.resume = None;
+                return Poll::Ready(Wake::Resumed);
+            }
+        } else {
+            self.waits.resume = None;
+            if !slot_ready {
+                let events = self.events.tx.clone();
+                let reserve = self
+                    .waits
+                    .reserve
+                    .get_or_insert_with(|| Box::pin(events.reserve_owned()));
+                if let Poll::Ready(reserved) = reserve.as_mut().poll(cx) {
+                    self.waits.reserve = None;
+                    return Poll::Ready(Wake::Reserved(reserved.ok()));
+                }
+            }
+        }
+        if running && self.waits.heartbeat.poll_tick(cx).is_ready() {
+            return Poll::Ready(Wake::Tick);
+        }
+        if self.waits.expiry_at.is_some() && self.waits.expiry.as_mut().poll(cx).is_ready() {
+            self.waits.expiry_at = None;
+            return Poll::Ready(Wake::Expiry);
+        }
+        // Nothing else to do: put what was written on the wire.
+        self.turns = 0;
+        if let Err(e) = self.poll_write(cx, true) {
+            return Poll::Ready(Wake::WriteFailed(e));
+        }
+        self.yielded = true;
+        Poll::Pending
+    }
+
+    /// Counts a turn that found work; flushes every [`TURNS_PER_FLUSH`].
+    fn turn(&mut self, wake: Wake) -> Poll<Wake> {
+        self.turns += 1;
+        if self.turns >= TURNS_PER_FLUSH {
+            self.turns = 0;
+            self.flush_now = true;
+        }
+        Poll::Ready(wake)
+    }
+
+    /// Hands queued items to the WebSocket. Without `flush` it takes at
+    /// most one batch from the queue (so that reading gets its turn while
+    /// a stream fills the queue as fast as the socket drains it); with
+    /// `flush` (when nothing else is ready) it writes until the queue is
+    /// empty or the socket is full, and flushes. Never blocks: whatever
+    /// stops it has registered `cx` to be woken.
+    fn poll_write(&mut self, cx: &mut Context<'_>, flush: bool) -> Result<(), WsError> {
+        let high_water = self.queue.limits().high_water_mark;
+        let mut batches = 0;
+        loop {
+            if self.out.is_empty() && !self.close_sent {
+                if !flush && batches > 0 {
+                    break;
+                }
+                batches += 1;
+                match self.queue.poll_pop(cx, &mut self.out) {
+                    Poll::Ready(true) => {}
+                    Poll::Ready(false) | Poll::Pending => break,
+                }
+            }
+            let Some(item) = self.out.front() else { break };
+            if self.close_sent {
+                self.out.clear();
+                break;
+            }
+            match Pin::new(&mut self.ws).poll_ready(cx) {
+                Poll::Ready(Ok(())) => self.write_blocked = false,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {
+                    self.write_blocked = true;
+                    return Ok(());
+                }
+            }
+            let len = item.len();
+            match self.out.pop_front().expect("front exists") {
+                Item::Frame { bytes, ty, .. } => {
+                    self.bytes_tx += len as u64;
+                    self.config.metrics.frame_out(ty, len);
+                    Pin::new(&mut self.ws).start_send(WsMessage::Binary(bytes))?;
+                }
+                Item::Close { code, reason } => {
+                    self.close_sent = true;
+                    let close = WsMessage::Close(Some(CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: close_reason(&reason).into(),
+                    }));
+                    match Pin::new(&mut self.ws).start_send(close) {
+                        // The peer closed first: tungstenite has queued the
+                        // echo of its close, which the flush below sends.
+                        Ok(()) | Err(WsError::Protocol(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            self.unflushed += len.max(1);
+            if self.unflushed >= high_water && !self.poll_flush(cx)? {
+                // Registered for the socket's room.
+                return Ok(());
+            }
+        }
+        if flush || self.flush_now {
+            self.poll_flush(cx)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes what was handed to the WebSocket; false while the socket
+    /// has no room (`cx` is woken when it has).
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Result<bool, WsError> {
+        if self.unflushed == 0 {
+            return Ok(true);
+        }
+        match Pin::new(&mut self.ws).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.unflushed = 0;
+                self.flush_now = false;
+                self.write_blocked = false;
+                Ok(true)
+            }
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => {
+                self.write_blocked = true;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Runs the session until it ends, then says how it ended.
+    pub(crate) async fn run(mut self) -> CloseInfo {
+        let session = self.session.clone();
+        let metrics = self.config.metrics.clone();
+        metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
+        metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
+        self.filter.clone().opened(&session).await;
+        let keep_alive = self.config.keep_alive;
+        let mut heard_since_tick = true;
+        let mut exit = match self.pending.take() {
+            Some(frame) => {
+                self.events.fill();
+                self.on_frame(frame).await
+            }
             None => None,
         };
         let exit = loop {
-            if let Some(exit) = pending.take() {
+            if let Some(exit) = exit.take() {
                 break exit;
             }
-            slot.fill(&events.tx);
-            let deadline = self.acks.next_deadline();
-            if let Some(d) = deadline
-                && expiry.deadline() != Instant::from_std(d)
-            {
-                expiry.as_mut().reset(Instant::from_std(d));
-            }
-            // Not reading while our readers are behind (stream chunks
-            // buffered) or the peer is not reading what we send.
-            let congested = queue.congested();
-            let readers_behind = rx_budget.exhausted();
-            // The application has not taken this many bytes of messages:
-            // the per-session cap holds for what we deliver too.
-            let app_behind = events.waiting.bytes.load(Ordering::Acquire)
-                >= self.queue.limits().max_queued_bytes;
-            let rx_paused = readers_behind || congested || app_behind;
-            tokio::select! {
-                _ = events.waiting.taken.notified(), if app_behind => {}
-                _ = queue.drained(), if congested => {}
-                reserved = events.tx.clone().reserve_owned(), if slot.empty() && !rx_paused => {
-                    slot.permit = reserved.ok();
-                }
-                frame = self.next_frame(), if slot.ready() && !rx_paused => {
+            self.events.fill();
+            self.arm_expiry();
+            let wake = poll_fn(|cx| self.poll_wake(cx, true)).await;
+            match wake {
+                Wake::Read(read) => {
                     heard_since_tick = true;
-                    match frame {
-                        Ok(frame) => {
-                            if let Some(exit) = self.on_frame(frame, &session, &mut slot).await {
-                                break exit;
-                            }
-                        }
-                        Err(exit) => break exit,
+                    match self.on_ws_message(read) {
+                        Ok(Some(frame)) => exit = self.on_frame(frame).await,
+                        Ok(None) => {}
+                        Err(e) => exit = Some(e),
                     }
                 }
-                Some(command) = commands.recv() => match command {
-                    Command::Send(message, tx) => self.send_message(message, tx, &session).await,
-                    Command::ExtensionSend(message) => {
-                        session.set_extension_send(true);
-                        self.send_message(message, None, &session).await;
-                        session.set_extension_send(false);
-                    }
-                    Command::Ping => self.push(Body::Ping(PingPong::Ping), Class::Control),
-                    Command::Close(code, reason) => break Exit::Local(code, reason),
-                    Command::Tx(command) => {
-                        self.tx.on_command(&mut self.acks, command, session.peer_features());
-                    }
+                Wake::Command(command) => exit = self.on_command(command).await,
+                Wake::Resumed => {}
+                Wake::Reserved(permit) => match permit {
+                    Some(permit) => self.events.slot.permit = Some(permit),
+                    None => self.events.slot.gone = true,
                 },
-                _ = rx_budget.room(), if readers_behind => {}
-                _ = heartbeat.tick() => {
+                Wake::Tick => {
                     // While our side holds reading up (stream readers or the
                     // application behind), the peer's silence is ours: do
                     // not count it against it. A peer that does not read
                     // what we send (our queue at its caps) gets no such
                     // grace.
+                    let paused = self.paused();
                     if !heard_since_tick
                         && self.role == Role::Server
-                        && !readers_behind
-                        && !app_behind
-                        && slot.ready()
+                        && !paused.readers
+                        && !paused.app
+                        && self.events.slot.ready()
                     {
                         break Exit::Local(
                             close::CLIENT_ERROR,
@@ -536,17 +845,17 @@ where
                     }
                     let stats = self.stats();
                     session.set_stats(stats);
-                    let _ = events.tx.try_send(SessionEvent::Stats(stats));
+                    let _ = self.events.tx.try_send(SessionEvent::Stats(stats));
                 }
-                _ = &mut expiry, if deadline.is_some() => {
+                Wake::Expiry => {
                     let expired = self.acks.expire(Instant::now().into_std());
-                    self.config.metrics.ack_timeouts.fetch_add(expired, Ordering::Relaxed);
+                    metrics.ack_timeouts.fetch_add(expired, Ordering::Relaxed);
                 }
-                _ = shutting_down(&mut shutdown) => {
+                Wake::Shutdown => {
                     break Exit::Local(close::GRACEFUL, "server shutting down".into());
                 }
-                _ = queue.closed() => {
-                    break Exit::Peer(lost("connection lost while writing"));
+                Wake::WriteFailed(e) => {
+                    break Exit::Peer(lost(&format!("connection lost while writing: {e}")));
                 }
             }
         };
@@ -554,55 +863,104 @@ where
         let info = self.finish(exit).await;
         session.set_stats(self.stats());
         session.mark_closed();
-        self.pipeline.session_closed(&session).await;
-        let _ = events.tx.send(SessionEvent::Closed(info.clone())).await;
+        self.filter.clone().closed(&session).await;
+        metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
+        let _ = self
+            .events
+            .tx
+            .send(SessionEvent::Closed(info.clone()))
+            .await;
         info
+    }
+
+    /// Sets the ACK-expiry timer, only when the oldest pending ACK changed.
+    fn arm_expiry(&mut self) {
+        let deadline = self.acks.next_deadline().map(Instant::from_std);
+        if deadline != self.waits.expiry_at {
+            if let Some(d) = deadline {
+                self.waits.expiry.as_mut().reset(d);
+            }
+            self.waits.expiry_at = deadline;
+        }
+    }
+
+    /// Serves one request from a handle.
+    async fn on_command(&mut self, command: Command) -> Option<Exit> {
+        match command {
+            Command::Send(message, tx) => self.send_message(message, tx).await,
+            Command::ExtensionSend(message) => {
+                let session = self.session.clone();
+                session.set_extension_send(true);
+                let exit = self.send_message(message, None).await;
+                session.set_extension_send(false);
+                exit
+            }
+            Command::Ping => {
+                self.push(Body::Ping(PingPong::Ping), Class::Control);
+                None
+            }
+            Command::Close(code, reason) => Some(Exit::Local(code, reason)),
+            Command::Tx(command) => {
+                let features = self.session.peer_features();
+                self.tx.on_command(&mut self.acks, command, features);
+                None
+            }
+        }
     }
 
     fn stats(&self) -> Stats {
         Stats {
             rtt_ms: self.acks.srtt_ms(),
             bytes_rx: self.bytes_rx,
-            bytes_tx: self.bytes_tx.load(Ordering::Relaxed),
+            bytes_tx: self.bytes_tx,
             ack_timeouts: self.acks.timeouts(),
             queue_drops: self.queue.drops(),
         }
     }
 
-    /// Runs an outgoing message through the pipeline and queues it.
-    async fn send_message(
-        &mut self,
-        mut message: Message,
-        tx: Option<super::DeliveryTx>,
-        session: &Session,
-    ) {
-        let fail = |tx: Option<super::DeliveryTx>, e| {
+    /// Runs an outgoing message through the filter and queues it.
+    async fn send_message(&mut self, mut message: Message, tx: Option<DeliveryTx>) -> Option<Exit> {
+        let fail = |tx: Option<DeliveryTx>, e| {
             if let Some(tx) = tx {
                 let _ = tx.send(Err(e));
             }
         };
-        let hook = Hook::for_message(&message, true);
-        if self.pipeline.run(hook, session, &mut message).await == Verdict::Drop {
-            return fail(tx, DeliveryError::DroppedByExtension);
+        if self.filter.wants(Direction::Outbound, &message) {
+            let session = self.session.clone();
+            match self
+                .filter
+                .filter(Direction::Outbound, &session, &mut message)
+                .await
+            {
+                Verdict::Pass => {}
+                Verdict::Drop => {
+                    fail(tx, DeliveryError::DroppedByExtension);
+                    return None;
+                }
+                Verdict::Close { code, reason } => {
+                    fail(tx, DeliveryError::DroppedByExtension);
+                    return Some(Exit::Local(code, reason));
+                }
+            }
         }
         if message.len() > protocol::MAX_PAYLOAD {
-            return fail(tx, DeliveryError::TooLarge);
+            fail(tx, DeliveryError::TooLarge);
+            return None;
         }
         let ack = self.acks.track(Instant::now().into_std(), tx);
         let body = match message {
             Message::Utf8(text) => Body::Utf8 { ack, text },
-            Message::Binary(data) => Body::Binary {
-                ack,
-                data: Bytes::from(data),
-            },
+            Message::Binary(data) => Body::Binary { ack, data },
             Message::Error(message) => Body::Error { ack, message },
         };
         self.push(body, Class::Data);
+        None
     }
 
     /// Handles one frame after the handshake. Returns how the session ends,
     /// if this frame ends it.
-    async fn on_frame(&mut self, frame: Frame, session: &Session, slot: &mut Slot) -> Option<Exit> {
+    async fn on_frame(&mut self, frame: Frame) -> Option<Exit> {
+        let session = self.session.clone();
         let ty = frame.body.frame_type();
         if ty.is_transaction()
             && self.implicit
@@ -654,7 +1012,7 @@ where
                 }));
             }
             Body::Utf8 { text, .. } => Message::Utf8(text),
-            Body::Binary { data, .. } => Message::Binary(data.to_vec()),
+            Body::Binary { data, .. } => Message::Binary(data),
             Body::Error { message, .. } => Message::Error(message),
             body @ (Body::TxStart { .. }
             | Body::TxChunk { .. }
@@ -666,7 +1024,7 @@ where
                     Some(TxEffect::Tolerated(kind, what)) => self.tolerate(kind, &what),
                     Some(TxEffect::Announce(stream)) => {
                         if let Some(stream) = session.offer_stream(stream) {
-                            slot.send(SessionEvent::Stream(stream));
+                            self.events.deliver(SessionEvent::Stream(stream));
                         }
                     }
                     None => {}
@@ -675,10 +1033,18 @@ where
             }
         };
         let mut message = message;
-        let hook = Hook::for_message(&message, false);
-        if self.pipeline.run(hook, session, &mut message).await == Verdict::Pass {
-            slot.send(SessionEvent::Message(message));
+        if self.filter.wants(Direction::Inbound, &message) {
+            match self
+                .filter
+                .filter(Direction::Inbound, &session, &mut message)
+                .await
+            {
+                Verdict::Pass => {}
+                Verdict::Drop => return None,
+                Verdict::Close { code, reason } => return Some(Exit::Local(code, reason)),
+            }
         }
+        self.events.deliver(SessionEvent::Message(message));
         None
     }
 
@@ -718,73 +1084,58 @@ where
                 }
             }
         };
+        // Whatever is still queued (a peer that does not read) is dropped
+        // with the connection.
         self.queue.close();
-        // The close frame had its chance during the linger: a writer still
-        // blocked on a peer that does not read is stopped, so the socket
-        // and what is queued behind it are freed now.
-        self.writer.abort();
         self.acks.close();
         info
     }
 
-    /// Reads until the peer's close reply or [`CLOSE_LINGER`], discarding.
+    /// Writes what is queued up to our close frame and reads (discarding)
+    /// until the peer's close reply, within [`CLOSE_LINGER`].
     async fn linger(&mut self) {
-        let drain = async {
-            while let Some(Ok(msg)) = self.stream.next().await {
-                if let WsMessage::Close(_) = msg {
-                    break;
+        let mut peer_done = false;
+        let done = poll_fn(|cx| {
+            if let Err(e) = self.poll_write(cx, true) {
+                tracing::debug!(sid = self.sid, "closing: writing failed: {e}");
+                return Poll::Ready(());
+            }
+            while !peer_done {
+                match Pin::new(&mut self.ws).poll_next(cx) {
+                    Poll::Ready(Some(Ok(WsMessage::Close(_))))
+                    | Poll::Ready(None)
+                    | Poll::Ready(Some(Err(_))) => {
+                        peer_done = true;
+                    }
+                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Pending => break,
                 }
             }
-        };
-        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
-        // Give the writer a moment to put the close frame on the wire.
-        let _ = tokio::time::timeout(Duration::from_millis(200), &mut self.writer).await;
+            let written = self.close_sent && self.unflushed == 0;
+            if peer_done && (written || self.out.is_empty() && !self.close_sent) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let _ = tokio::time::timeout(CLOSE_LINGER, done).await;
     }
 }
 
 /// A reserved place in the application's event channel, taken before a
 /// frame is read so that delivering what the frame carries never waits.
+#[derive(Default)]
 struct Slot {
     /// The reservation, if one is held.
     permit: Option<mpsc::OwnedPermit<SessionEvent>>,
     /// The application dropped its events: what frames carry is discarded.
     gone: bool,
-    /// Message bytes the application has not taken.
-    waiting: Arc<EventBytes>,
 }
 
 impl Slot {
-    /// Reserves at once if the channel has room (the usual case: no
-    /// await, so no cooperative-budget yield).
-    fn fill(&mut self, events: &mpsc::Sender<SessionEvent>) {
-        if self.permit.is_none() && !self.gone {
-            match events.clone().try_reserve_owned() {
-                Ok(permit) => self.permit = Some(permit),
-                Err(mpsc::error::TrySendError::Closed(_)) => self.gone = true,
-                Err(mpsc::error::TrySendError::Full(_)) => {}
-            }
-        }
-    }
-
-    /// Whether a reservation must be awaited before reading.
-    fn empty(&self) -> bool {
-        self.permit.is_none() && !self.gone
-    }
-
-    /// Whether a frame may be read.
+    /// Whether a frame may be read (a place is reserved, or nobody listens).
     fn ready(&self) -> bool {
-        !self.empty()
-    }
-
-    /// Delivers `event` into the reservation (or discards it when the
-    /// application is gone).
-    fn send(&mut self, event: SessionEvent) {
-        if let Some(permit) = self.permit.take() {
-            if let SessionEvent::Message(m) = &event {
-                self.waiting.bytes.fetch_add(m.len(), Ordering::AcqRel);
-            }
-            permit.send(event);
-        }
+        self.permit.is_some() || self.gone
     }
 }
 
@@ -795,23 +1146,51 @@ pub(crate) struct EventSender {
     tx: mpsc::Sender<SessionEvent>,
     /// Bytes waiting, shared with [`SessionEvents`].
     waiting: Arc<EventBytes>,
+    /// The place reserved for the next frame's event.
+    slot: Slot,
+}
+
+impl EventSender {
+    /// Reserves at once if the channel has room (the usual case: no
+    /// await, so no cooperative-budget yield).
+    fn fill(&mut self) {
+        if !self.slot.ready() {
+            match self.tx.clone().try_reserve_owned() {
+                Ok(permit) => self.slot.permit = Some(permit),
+                Err(mpsc::error::TrySendError::Closed(_)) => self.slot.gone = true,
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+            }
+        }
+    }
+
+    /// Delivers `event` into the reservation (or discards it when the
+    /// application is gone).
+    fn deliver(&mut self, event: SessionEvent) {
+        if let Some(permit) = self.slot.permit.take() {
+            if let SessionEvent::Message(m) = &event {
+                self.waiting.bytes.fetch_add(m.len(), Ordering::AcqRel);
+            }
+            permit.send(event);
+        }
+    }
 }
 
 /// Builds the application's event channel.
-pub(crate) fn event_channel() -> (EventSender, SessionEvents) {
+fn event_channel() -> (EventSender, SessionEvents) {
     let (tx, rx) = mpsc::channel(EVENTS_CAPACITY);
     let waiting = Arc::new(EventBytes::default());
     (
         EventSender {
             tx,
             waiting: waiting.clone(),
+            slot: Slot::default(),
         },
         SessionEvents(rx, waiting),
     )
 }
 
 /// Completes when `shutdown` turns true; never, if its sender is gone.
-async fn shutting_down(shutdown: &mut watch::Receiver<bool>) {
+async fn shutting_down(mut shutdown: watch::Receiver<bool>) {
     if shutdown.wait_for(|down| *down).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -850,53 +1229,4 @@ fn close_reason(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_string()
-}
-
-/// Drains the queue into the socket until the queue closes or the socket
-/// fails.
-async fn write_loop<S>(
-    mut sink: SplitSink<WebSocketStream<S>, WsMessage>,
-    queue: Arc<Queue>,
-    bytes_tx: Arc<AtomicU64>,
-    metrics: Arc<Metrics>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let high_water = queue.limits().high_water_mark;
-    let mut batch = Vec::new();
-    let result: Result<(), WsError> = async {
-        while queue.pop_batch(&mut batch).await {
-            let mut unflushed = 0;
-            for item in batch.drain(..) {
-                match item {
-                    Item::Frame { bytes, ty, .. } => {
-                        let len = bytes.len();
-                        sink.feed(WsMessage::Binary(bytes)).await?;
-                        bytes_tx.fetch_add(len as u64, Ordering::Relaxed);
-                        metrics.frame_out(ty, len);
-                        unflushed += len;
-                        if unflushed >= high_water {
-                            sink.flush().await?;
-                            unflushed = 0;
-                        }
-                    }
-                    Item::Close { code, reason } => {
-                        let frame = CloseFrame {
-                            code: CloseCode::from(code),
-                            reason: close_reason(&reason).into(),
-                        };
-                        sink.send(WsMessage::Close(Some(frame))).await?;
-                        return Ok(());
-                    }
-                }
-            }
-            sink.flush().await?;
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::debug!("writer stopped: {e}");
-    }
-    queue.close();
 }

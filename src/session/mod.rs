@@ -9,11 +9,18 @@
 //!
 //! Streams (CAMP.Transaction) go out with [`Session::stream`] and come in
 //! as [`IncomingStream`]s; see the [`transaction`] module.
+//!
+//! Every UTF-8, binary and error message passes a [`Filter`] on its way in
+//! and out; the session defines that seam and the extension pipeline
+//! implements it.
 
 mod ack;
 mod driver;
+mod filter;
 mod queue;
 pub mod transaction;
+
+pub use filter::{Direction, Filter, FilterFuture, Message, NoFilter, Verdict};
 
 pub use ack::ACK_TIMEOUT;
 pub use queue::{Backpressure, DropPolicy, QueueStats};
@@ -21,18 +28,18 @@ pub use transaction::{
     IncomingStream, StreamOptions, StreamRange, Transfer, TransferError, WaitError,
 };
 
-pub(crate) use driver::{Driver, Role, SessionConfig, event_channel};
+pub(crate) use driver::{Driver, Role, SessionConfig, Setup, open};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncSeek};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::extension::Message;
 use crate::protocol::close;
 
 /// Why a message was not delivered.
@@ -166,7 +173,8 @@ impl SessionEvents {
 /// A request from a handle to the session's task.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Send a message through the outbound pipeline.
+    /// Send a message through the outbound pipeline; tell the sender how
+    /// it went if someone waits to know.
     Send(Message, Option<DeliveryTx>),
     /// Send a message an extension sent from a hook: through the outbound
     /// pipeline, whose hooks may then not send in turn (no chains).
@@ -237,8 +245,8 @@ struct Shared {
     extension_send: AtomicBool,
     /// Latest statistics, updated by the task.
     stats: Mutex<Stats>,
-    /// The outgoing queue, once the session runs (for [`Session::queue_stats`]).
-    queue: OnceLock<Arc<queue::Queue>>,
+    /// The outgoing queue (for [`Session::queue_stats`]).
+    queue: Arc<queue::Queue>,
     /// [`Session::wait_for_stream`] callers, by stream name.
     stream_waiters: Mutex<transaction::Waiters>,
 }
@@ -256,22 +264,24 @@ impl PartialEq for Session {
 }
 
 impl Session {
+    /// A session with its outgoing queue and command channel, whole before
+    /// its task runs.
     pub(crate) fn new(
         id: u64,
         remote: Option<SocketAddr>,
-        peer_features: u64,
+        queue: Arc<queue::Queue>,
     ) -> (Session, mpsc::UnboundedReceiver<Command>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Shared {
             id,
             remote,
-            peer_features: AtomicU64::new(peer_features),
+            peer_features: AtomicU64::new(0),
             store: Mutex::default(),
             commands: tx,
             closed: AtomicBool::new(false),
             extension_send: AtomicBool::new(false),
             stats: Mutex::default(),
-            queue: OnceLock::new(),
+            queue,
             stream_waiters: Mutex::default(),
         };
         (
@@ -285,7 +295,8 @@ impl Session {
     /// A session with no connection: what it is asked to send or close
     /// shows up in the [`Outbox`]. For testing extensions.
     pub fn detached(id: u64) -> (Session, Outbox) {
-        let (session, rx) = Session::new(id, None, 0);
+        let queue = Arc::new(queue::Queue::new(Backpressure::default()));
+        let (session, rx) = Session::new(id, None, queue);
         (session, Outbox(rx))
     }
 
@@ -362,7 +373,9 @@ impl Session {
     }
 
     /// Sends a message of any kind (through the outbound extension
-    /// pipeline).
+    /// pipeline) and returns its [`Delivery`], to be awaited for the ACK.
+    /// A sender that will not wait uses [`Session::post`], which costs no
+    /// receipt.
     pub fn send_message(&self, message: Message) -> Delivery {
         let (tx, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError(Command::Send(_, Some(tx)))) =
@@ -373,13 +386,20 @@ impl Session {
         Delivery(rx)
     }
 
+    /// Sends a message (through the outbound extension pipeline) without a
+    /// receipt: fire and forget. Its fate still shows in the session's
+    /// statistics and the metrics (ack timeouts, queue drops).
+    pub fn post(&self, message: Message) {
+        let _ = self.shared.commands.send(Command::Send(message, None));
+    }
+
     /// Sends a UTF-8 message (through the outbound extension pipeline).
     pub fn send_utf8(&self, text: impl Into<String>) -> Delivery {
         self.send_message(Message::Utf8(text.into()))
     }
 
     /// Sends a binary message (through the outbound extension pipeline).
-    pub fn send_binary(&self, bytes: impl Into<Vec<u8>>) -> Delivery {
+    pub fn send_binary(&self, bytes: impl Into<Bytes>) -> Delivery {
         self.send_message(Message::Binary(bytes.into()))
     }
 
@@ -523,15 +543,7 @@ impl Session {
 
     /// The outgoing queue right now (bytes, frames, peak, drops).
     pub fn queue_stats(&self) -> QueueStats {
-        self.shared
-            .queue
-            .get()
-            .map(|q| q.stats())
-            .unwrap_or_default()
-    }
-
-    pub(crate) fn attach_queue(&self, queue: Arc<queue::Queue>) {
-        let _ = self.shared.queue.set(queue);
+        self.shared.queue.stats()
     }
 
     pub(crate) fn command_sender(&self) -> mpsc::UnboundedSender<Command> {

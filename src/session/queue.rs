@@ -1,7 +1,8 @@
 //! The per-session outgoing queue and its backpressure policy.
 //!
-//! The session task pushes encoded frames; a writer task drains them into
-//! the WebSocket. When the peer reads slower than we send, frames pile up
+//! The session task pushes encoded frames and drains them into the
+//! WebSocket itself, in the same loop that reads; transaction sender tasks
+//! push too, and wake it. When the peer reads slower than we send, frames pile up
 //! here, and the caps of [`Backpressure`] decide what happens: data frames
 //! (UTF-8, binary, error) are dropped by the [`DropPolicy`]; protocol frames
 //! (ACK, PING, BYE, handshake) are never dropped; transaction frames are
@@ -10,11 +11,13 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
-use crate::protocol::FrameType;
+use crate::protocol::{Body, Frame, FrameType};
 
 /// What to drop when the queue is full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -34,7 +37,7 @@ pub enum DropPolicy {
 /// Backpressure settings of a session's outgoing queue.
 ///
 /// The defaults are the reference server's. The reference applies its water
-/// marks to Node's socket buffer; here the writer task plays that part: it
+/// marks to Node's socket buffer; here the session's writing plays that part: it
 /// takes at most `low_water_mark` bytes from the queue at a time, and hands
 /// the socket at most `high_water_mark` bytes before it waits for them to be
 /// flushed. The queue caps are exactly the reference's.
@@ -61,6 +64,17 @@ impl Default for Backpressure {
             max_queued_bytes: 8 * 1024 * 1024,
             max_queue_count: 1024,
             drop_policy: DropPolicy::DropOldest,
+        }
+    }
+}
+
+impl DropPolicy {
+    /// The policy's name, as in the configuration and the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropPolicy::DropOldest => "drop-oldest",
+            DropPolicy::DropNewest => "drop-newest",
+            DropPolicy::DedupeLatest => "dedupe-latest",
         }
     }
 }
@@ -136,7 +150,19 @@ pub(crate) enum Item {
 }
 
 impl Item {
-    fn len(&self) -> usize {
+    /// The one way from a frame body to queued bytes: stamps the session
+    /// id, encodes, and keeps what the queue and the writer need to know.
+    pub(crate) fn encode(sid: u64, body: Body, class: Class) -> Item {
+        Item::Frame {
+            ack: body.ack(),
+            ty: body.frame_type(),
+            bytes: Frame::new(sid, body).encode(),
+            class,
+        }
+    }
+
+    /// Encoded length (0 for a close).
+    pub(crate) fn len(&self) -> usize {
         match self {
             Item::Frame { bytes, .. } => bytes.len(),
             Item::Close { .. } => 0,
@@ -172,19 +198,22 @@ struct State {
     closed: bool,
     /// Data frames dropped by the policy.
     drops: u64,
+    /// Someone waits for room (a sender task, a congested session): the
+    /// next pop notifies [`Queue::room`].
+    room_wanted: bool,
 }
 
-/// The queue shared by a session's task (producer) and its writer
-/// (consumer).
+/// The queue shared by a session's task (producer and consumer) and its
+/// transaction sender tasks (producers).
 pub(crate) struct Queue {
     limits: Backpressure,
     state: Mutex<State>,
-    /// Wakes the writer when something was queued.
-    readable: Notify,
-    /// Wakes transaction senders when the writer made room.
+    /// Wakes the session's task when a sender task queued something (the
+    /// session's own pushes need no wake: it writes in the same turn).
+    readable: AtomicWaker,
+    /// Wakes transaction senders (and a congested session) when writing
+    /// made room.
     room: Notify,
-    /// Wakes whoever waits for the queue to close.
-    gone: Notify,
     /// Whether the queue is at its caps ([`Queue::congested`]), kept up to
     /// date under the lock so the session reads it without locking.
     at_caps: AtomicBool,
@@ -205,9 +234,8 @@ impl Queue {
         Queue {
             limits,
             state: Mutex::new(State::default()),
-            readable: Notify::new(),
+            readable: AtomicWaker::new(),
             room: Notify::new(),
-            gone: Notify::new(),
             at_caps: AtomicBool::new(false),
         }
     }
@@ -226,7 +254,8 @@ impl Queue {
     }
 
     /// Queues a control or data frame without waiting, applying the drop
-    /// policy to data frames.
+    /// policy to data frames. Called by the session's task, which writes
+    /// what it queued before it waits again.
     pub(crate) fn push(&self, item: Item) -> Pushed {
         let mut s = self.lock();
         if s.closed {
@@ -281,8 +310,6 @@ impl Queue {
         s.peak_bytes = s.peak_bytes.max(s.bytes);
         s.items.push_back(item);
         self.note_level(&s);
-        drop(s);
-        self.readable.notify_one();
         Pushed::Queued(dropped)
     }
 
@@ -302,43 +329,55 @@ impl Queue {
                     s.items.push_back(item);
                     self.note_level(&s);
                     drop(s);
-                    self.readable.notify_one();
+                    self.readable.wake();
                     return Ok(());
                 }
+                s.room_wanted = true;
             }
             notified.await;
         }
     }
 
     /// Takes queued items (at least one, at most about `low_water_mark`
-    /// bytes), waiting if the queue is empty. False once the queue is closed
-    /// and empty.
-    pub(crate) async fn pop_batch(&self, into: &mut Vec<Item>) -> bool {
-        loop {
-            let notified = self.readable.notified();
-            {
-                let mut s = self.lock();
-                if !s.items.is_empty() {
-                    let mut taken = 0;
-                    while let Some(item) = s.items.front() {
-                        if taken > 0 && taken + item.len() > self.limits.low_water_mark {
-                            break;
-                        }
-                        taken += item.len();
-                        into.push(s.items.pop_front().expect("front exists"));
-                    }
-                    s.bytes -= taken;
-                    self.note_level(&s);
-                    drop(s);
-                    self.room.notify_waiters();
-                    return true;
-                }
-                if s.closed {
-                    return false;
-                }
-            }
-            notified.await;
+    /// bytes) into `into`. `Ready(false)` once the queue is closed and
+    /// empty; `Pending` (with `cx` woken by the next push from a sender
+    /// task) while it is empty.
+    pub(crate) fn poll_pop(&self, cx: &mut Context<'_>, into: &mut VecDeque<Item>) -> Poll<bool> {
+        if self.pop(into) {
+            return Poll::Ready(true);
         }
+        self.readable.register(cx.waker());
+        // A push between the first look and the registration.
+        if self.pop(into) {
+            return Poll::Ready(true);
+        }
+        if self.lock().closed {
+            return Poll::Ready(false);
+        }
+        Poll::Pending
+    }
+
+    fn pop(&self, into: &mut VecDeque<Item>) -> bool {
+        let mut s = self.lock();
+        if s.items.is_empty() {
+            return false;
+        }
+        let mut taken = 0;
+        while let Some(item) = s.items.front() {
+            if taken > 0 && taken + item.len() > self.limits.low_water_mark {
+                break;
+            }
+            taken += item.len();
+            into.push_back(s.items.pop_front().expect("front exists"));
+        }
+        s.bytes -= taken;
+        self.note_level(&s);
+        let wanted = std::mem::take(&mut s.room_wanted);
+        drop(s);
+        if wanted {
+            self.room.notify_waiters();
+        }
+        true
     }
 
     /// Whether the peer is not keeping up: the queue holds `max_queue_count`
@@ -363,13 +402,14 @@ impl Queue {
         loop {
             let notified = self.room.notified();
             {
-                let s = self.lock();
+                let mut s = self.lock();
                 if s.closed
                     || (s.bytes <= self.limits.low_water_mark
                         && s.items.len() <= self.limits.max_queue_count / 2)
                 {
                     return;
                 }
+                s.room_wanted = true;
             }
             notified.await;
         }
@@ -378,21 +418,8 @@ impl Queue {
     /// Stops the queue: pushes fail from now on, waiting senders give up.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
-        self.readable.notify_one();
+        self.readable.wake();
         self.room.notify_waiters();
-        self.gone.notify_waiters();
-    }
-
-    /// Waits until the queue is closed (the writer stopped or the session
-    /// ended).
-    pub(crate) async fn closed(&self) {
-        loop {
-            let notified = self.gone.notified();
-            if self.lock().closed {
-                return;
-            }
-            notified.await;
-        }
     }
 
     /// Frames dropped by the policy so far.
@@ -459,8 +486,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished());
         assert_eq!(q.stats().frames, 1);
-        let mut batch = Vec::new();
-        assert!(q.pop_batch(&mut batch).await);
+        let mut batch = VecDeque::new();
+        assert!(q.pop(&mut batch));
         assert_eq!(batch.len(), 1);
         waiting.await.unwrap().unwrap();
         assert_eq!(q.stats().frames, 1);
@@ -490,8 +517,8 @@ mod tests {
         assert_eq!(q.stats().drops, 1);
         // Nothing evictable is big enough: the new data frame goes.
         assert!(matches!(q.push(frame(60, Class::Data)), Pushed::Dropped(_)));
-        let mut batch = Vec::new();
-        q.pop_batch(&mut batch).await;
+        let mut batch = VecDeque::new();
+        q.pop(&mut batch);
         assert!(matches!(
             batch[0],
             Item::Frame {

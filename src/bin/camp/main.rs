@@ -875,12 +875,12 @@ mod tests {
         let json = Printer { json: true };
         assert_eq!(plain.format(&Message::Utf8("hi".into())), "hi");
         assert_eq!(
-            plain.format(&Message::Binary(vec![1, 2])),
+            plain.format(&Message::Binary(vec![1, 2].into())),
             "[binary 2 bytes] 0102"
         );
         assert_eq!(plain.format(&Message::Error("bad".into())), "[error] bad");
         let v: serde_json::Value =
-            serde_json::from_str(&json.format(&Message::Binary(vec![0xff]))).unwrap();
+            serde_json::from_str(&json.format(&Message::Binary(vec![0xff].into()))).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"type": "binary", "len": 1, "hex": "ff"})

@@ -596,7 +596,9 @@ impl WasmPlugin {
         for hook in hook_set(flags).iter() {
             let mut message = match hook {
                 Hook::BeforeSendUtf8 | Hook::OnReceiveUtf8 => Message::Utf8(String::new()),
-                Hook::BeforeSendBinary | Hook::OnReceiveBinary => Message::Binary(Vec::new()),
+                Hook::BeforeSendBinary | Hook::OnReceiveBinary => {
+                    Message::Binary(bytes::Bytes::new())
+                }
                 Hook::BeforeSendError | Hook::OnReceiveError => Message::Error(String::new()),
             };
             let reply = first
@@ -982,7 +984,7 @@ fn apply(action: Action, message: &mut Message) -> Result<Verdict, HookError> {
                 | (Payload::Error(new), Message::Error(old)) => {
                     *old = new;
                 }
-                (Payload::Binary(new), Message::Binary(old)) => *old = new,
+                (Payload::Binary(new), Message::Binary(old)) => *old = new.into(),
                 (payload, message) => {
                     let kind = match payload {
                         Payload::Utf8(_) => "utf8",

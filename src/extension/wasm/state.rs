@@ -362,7 +362,7 @@ macro_rules! host_interface {
                     this: Resource<SessionSlot>,
                     data: Vec<u8>,
                 ) -> wasmtime::Result<()> {
-                    self.session_send(&this, Message::Binary(data))
+                    self.session_send(&this, Message::Binary(data.into()))
                 }
 
                 fn send_error(

@@ -59,8 +59,8 @@ mod incoming;
 mod sender;
 mod state;
 
-pub(crate) use incoming::Waiters;
 pub use incoming::{IncomingStream, StreamRange, WaitError};
+pub(crate) use incoming::{RxBudget, Waiters};
 pub(crate) use sender::Source;
 pub(crate) use state::{Transactions, TxCommand, TxEffect};
 

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::state::TxCommand;
 use super::{StreamOptions, TransferError};
-use crate::protocol::{self, Behaviour, Body, Frame};
+use crate::protocol::{self, Behaviour, Body};
 use crate::session::queue::{Class, Item, Queue};
 use crate::session::{Command, DeliveryError, DeliveryTx};
 
@@ -91,15 +91,8 @@ impl Link {
 
     /// Queues a frame, waiting for room.
     async fn send(&self, body: Body) -> Result<(), TransferError> {
-        let frame = Frame::new(self.sid, body);
-        let item = Item::Frame {
-            ack: frame.body.ack(),
-            ty: frame.body.frame_type(),
-            bytes: frame.encode(),
-            class: Class::Transaction,
-        };
         self.queue
-            .push_wait(item)
+            .push_wait(Item::encode(self.sid, body, Class::Transaction))
             .await
             .map_err(|()| TransferError::Closed)
     }

@@ -15,7 +15,7 @@ use super::{
     ANONYMOUS, ENDED_MEMORY, MAX_INCOMING, MAX_PENDING_FETCHES, RX_BUFFER_LIMIT, StreamOptions,
     TransferError,
 };
-use crate::protocol::{self, Behaviour, Body, Frame};
+use crate::protocol::{self, Behaviour, Body};
 use crate::session::ack::AckTracker;
 use crate::session::queue::{Class, Item, Queue};
 use crate::session::{Command, DeliveryError, DeliveryTx};
@@ -152,8 +152,9 @@ pub(crate) struct Transactions {
     next_id: u32,
     /// Serial for the next transaction (either direction).
     serial: u64,
-    /// The session's command channel; set when the session starts running.
-    commands: Option<mpsc::UnboundedSender<Command>>,
+    /// The session's command channel (sender tasks and readers talk to the
+    /// session's task through it).
+    commands: mpsc::UnboundedSender<Command>,
     /// Accept the PUSH chunk offsets the reference clients write (not
     /// strict).
     lenient: bool,
@@ -169,13 +170,19 @@ pub(crate) struct Transactions {
 
 impl Transactions {
     /// `even_ids` for the server end, odd ids for the client end.
-    pub(crate) fn new(sid: u64, queue: Arc<Queue>, even_ids: bool, lenient: bool) -> Transactions {
+    pub(crate) fn new(
+        sid: u64,
+        queue: Arc<Queue>,
+        even_ids: bool,
+        lenient: bool,
+        commands: mpsc::UnboundedSender<Command>,
+    ) -> Transactions {
         Transactions {
             sid,
             queue,
             next_id: if even_ids { 0 } else { 1 },
             serial: 0,
-            commands: None,
+            commands,
             lenient,
             outgoing: HashMap::new(),
             incoming: HashMap::new(),
@@ -184,15 +191,9 @@ impl Transactions {
         }
     }
 
-    /// Connects to the session's command channel (sender tasks and readers
-    /// talk to the task through it).
-    pub(crate) fn attach(&mut self, commands: mpsc::UnboundedSender<Command>) {
-        self.commands = Some(commands);
-    }
-
     /// The receive budget, so the task can pause reading.
-    pub(crate) fn budget(&self) -> Arc<RxBudget> {
-        self.budget.clone()
+    pub(crate) fn budget(&self) -> &Arc<RxBudget> {
+        &self.budget
     }
 
     fn chunk_size(&self) -> usize {
@@ -211,13 +212,7 @@ impl Transactions {
             Body::Error { .. } => Class::Control,
             _ => Class::Transaction,
         };
-        let frame = Frame::new(self.sid, body);
-        let _ = self.queue.push(Item::Frame {
-            ack: frame.body.ack(),
-            ty: frame.body.frame_type(),
-            bytes: frame.encode(),
-            class,
-        });
+        let _ = self.queue.push(Item::encode(self.sid, body, class));
     }
 
     fn error(&mut self, acks: &mut AckTracker, message: String) {
@@ -298,7 +293,7 @@ impl Transactions {
             self.send(acks, Body::TxCancel { ack: 0, tx_id });
             return None;
         }
-        let commands = self.commands.clone()?;
+        let commands = self.commands.clone();
         // The codec rejects sizes below -1 and PULL with -1.
         let size = u64::try_from(size).ok();
         let name = if name.is_empty() {
@@ -594,10 +589,7 @@ impl Transactions {
             let _ = result.send(Err(TransferError::NotSupported));
             return;
         }
-        let Some(commands) = self.commands.clone() else {
-            let _ = result.send(Err(TransferError::Closed));
-            return;
-        };
+        let commands = self.commands.clone();
         // Ids step by two from the role's parity; skip ids in use either way
         // so a TX_CANCEL is never ambiguous with our own peers.
         let mut tx_id = self.next_id;

@@ -3,9 +3,9 @@
 //! provider; PEM is read with `rustls-pki-types`.
 //!
 //! ```no_run
-//! use camp_server::server::{Server, tls::TlsConfig};
+//! use camp_server::{server::Server, tls::TlsConfig};
 //!
-//! # fn demo() -> Result<(), camp_server::server::tls::TlsError> {
+//! # fn demo() -> Result<(), camp_server::tls::TlsError> {
 //! let tls = TlsConfig::from_pem_files("cert.pem", "key.pem")?;
 //! let (server, incoming) = Server::builder().tokens(["secret"]).tls(tls).build();
 //! # Ok(()) }
@@ -87,8 +87,8 @@ fn certificates(
     Ok(certs)
 }
 
-/// The server's certificate chain and key: makes [`Server`](super::Server)
-/// accept TLS (`wss://`) connections.
+/// The server's certificate chain and key: makes a server accept TLS
+/// (`wss://`) connections (`ServerBuilder::tls`).
 #[derive(Clone)]
 pub struct TlsConfig {
     /// The configured acceptor (shares one `ServerConfig`).

@@ -87,3 +87,52 @@ async fn a_peer_over_wss() {
         Some(Message::Utf8("secure".into()))
     );
 }
+
+/// A session dialled with `connect_peer` is one of the server's own: it
+/// counts in its `/metrics`, is listed in `/admin` and `sessions()`, and
+/// shutdown says BYE to it and waits for it (`serve` returns only after
+/// the peer session ended).
+#[tokio::test]
+async fn a_peer_session_is_counted_listed_and_drained_by_shutdown() {
+    let (b, mut b_sessions) = TestServer::with_sessions(Server::builder().tokens(["t"])).await;
+    let (a, _a_sessions) = TestServer::with_sessions(Server::builder().tokens(["t"])).await;
+    let (to_b, _from_b) = a.server.connect_peer(b.url(), "t").await.unwrap();
+    let (_at_b, mut b_events) = b_sessions.recv().await.unwrap();
+    to_b.send_utf8("counted").acked().await.unwrap();
+
+    let text = camp_server::admin::render_metrics(&a.server, None);
+    assert!(text.contains("\ncamp_sessions_open 1\n"), "{text}");
+    assert!(text.contains("\ncamp_sessions_total 1\n"), "{text}");
+    assert!(
+        text.contains("camp_frames_out_total{type=\"UTF8DATA\"} 1\n"),
+        "{text}"
+    );
+    assert_eq!(a.server.session(to_b.id()), Some(to_b.clone()));
+    let view = camp_server::admin::admin_view(&a.server, None);
+    let listed: Vec<u64> = view["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, vec![to_b.id()], "{view:#}");
+
+    // Shutdown: the peer gets BYE (4000) and `serve` returns only once the
+    // session ended, which it then no longer lists.
+    let server = a.server.clone();
+    a.shutdown().await;
+    assert!(
+        to_b.is_closed(),
+        "serve returned before the peer session ended"
+    );
+    assert!(server.sessions().is_empty());
+    let info = b_events.closed().await.unwrap();
+    assert_eq!((info.code, info.by_peer), (4000, true), "{info:?}");
+    assert_eq!(
+        server
+            .metrics()
+            .sessions_open
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}

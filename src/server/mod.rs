@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -198,7 +199,7 @@ impl ServerBuilder {
             tls: self.tls,
             peer_tls: self.peer_tls,
             registry: Registry::default(),
-            peers: Mutex::default(),
+            sessions: Mutex::default(),
             incoming: tx,
             shutdown,
             ready: AtomicBool::new(self.ready),
@@ -234,9 +235,9 @@ struct Inner {
     /// Roots for `wss://` peers.
     peer_tls: Option<ClientTls>,
     registry: Registry,
-    /// The tasks of sessions dialled with [`Server::connect_peer`]; shutdown
-    /// waits for them as for accepted ones.
-    peers: Mutex<JoinSet<()>>,
+    /// The tasks of open sessions, accepted or dialled with
+    /// [`Server::connect_peer`]; shutdown waits for them.
+    sessions: Mutex<JoinSet<()>>,
     incoming: mpsc::UnboundedSender<(Session, SessionEvents)>,
     /// Turns true when the server shuts down; every session watches it.
     shutdown: watch::Sender<bool>,
@@ -329,11 +330,7 @@ impl Server {
         let (session, events, driver) =
             open(dial.ws, setup).await.map_err(ClientError::Handshake)?;
         reservation.attach(session.clone());
-        let this = inner.clone();
-        let mut peers = inner.peers.lock().unwrap_or_else(|e| e.into_inner());
-        // Reap peers that ended, so the set holds only live ones.
-        while peers.try_join_next().is_some() {}
-        peers.spawn(async move { this.run(driver, reservation, remote).await });
+        Inner::spawn(inner, driver, reservation, remote);
         Ok((session, events))
     }
 
@@ -367,39 +364,47 @@ impl Server {
             }
         }
         drop(listener);
-        let mut peers =
-            std::mem::take(&mut *self.inner.peers.lock().unwrap_or_else(|e| e.into_inner()));
-        tracing::info!(
-            sessions = connections.len(),
-            peers = peers.len(),
-            "shutting down"
-        );
+        // Upgrades in progress finish (or are refused) first; every session
+        // they open is in `sessions` by then.
         self.inner.shutdown.send_replace(true);
+        let mut sessions = JoinSet::new();
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while connections.join_next().await.is_some() {}
-            while peers.join_next().await.is_some() {}
+            sessions = std::mem::take(&mut *self.inner.sessions());
+            tracing::info!(sessions = sessions.len(), "shutting down");
+            while sessions.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
+            let mut late = std::mem::take(&mut *self.inner.sessions());
             tracing::warn!(
-                left = connections.len() + peers.len(),
+                left = connections.len() + sessions.len() + late.len(),
                 "sessions did not close in time"
             );
             connections.shutdown().await;
-            peers.shutdown().await;
+            sessions.shutdown().await;
+            late.shutdown().await;
         }
         Ok(())
     }
 }
 
 impl Inner {
-    /// Handles one accepted TCP connection from request to close.
-    async fn accept(&self, tcp: TcpStream, remote: SocketAddr) {
+    /// Handles one accepted TCP connection up to its open session, which
+    /// then runs on a task of its own ([`Inner::spawn`]).
+    ///
+    /// A task allocates its future's largest state up front, and this one
+    /// holds the TLS, request, WebSocket and CAMP handshake futures: they
+    /// are boxed, so a connection costs only the step it is in (the task
+    /// was 12.7 KiB per connection, for its whole life, before; see
+    /// BENCHMARKS.md).
+    async fn accept(self: &Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
         let Some(tls) = &self.tls else {
             return self.upgrade(tcp, remote).await;
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, tls.acceptor().accept(tcp)).await {
-            Ok(Ok(stream)) => self.upgrade(stream, remote).await,
+        let handshake = Box::pin(tls.acceptor().accept(tcp));
+        match tokio::time::timeout(REQUEST_TIMEOUT, handshake).await {
+            Ok(Ok(stream)) => Box::pin(self.upgrade(stream, remote)).await,
             Ok(Err(e)) => tracing::info!(%remote, "TLS handshake failed: {e}"),
             Err(_) => tracing::info!(%remote, "TLS handshake not completed in time"),
         }
@@ -407,19 +412,19 @@ impl Inner {
 
     // The WebSocket library's callback type fixes a large error type.
     #[allow(clippy::result_large_err)]
-    async fn upgrade<S>(&self, mut stream: S, remote: SocketAddr)
+    async fn upgrade<S>(self: &Arc<Self>, mut stream: S, remote: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let head =
-            match tokio::time::timeout(REQUEST_TIMEOUT, upgrade::read_head(&mut stream)).await {
-                Ok(Ok(head)) => head,
-                Ok(Err(refusal)) => return self.refuse(&mut stream, remote, refusal).await,
-                Err(_) => {
-                    let refusal = Refusal::new(400, "timeout", "request not received in time");
-                    return self.refuse(&mut stream, remote, refusal).await;
-                }
-            };
+        let reading = Box::pin(upgrade::read_head(&mut stream));
+        let head = match tokio::time::timeout(REQUEST_TIMEOUT, reading).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(refusal)) => return self.refuse(&mut stream, remote, refusal).await,
+            Err(_) => {
+                let refusal = Refusal::new(400, "timeout", "request not received in time");
+                return self.refuse(&mut stream, remote, refusal).await;
+            }
+        };
         let up = match upgrade::check(&head, self.session.strict) {
             Ok(up) => up,
             Err(refusal) => return self.refuse(&mut stream, remote, refusal).await,
@@ -461,11 +466,11 @@ impl Inner {
             }
             Ok(response)
         };
-        let ws = match tokio_tungstenite::accept_hdr_async_with_config(
+        let ws = match Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
             Prefixed::new(head, stream),
             callback,
             Some(ws_config()),
-        )
+        ))
         .await
         {
             Ok(ws) => ws,
@@ -482,7 +487,7 @@ impl Inner {
             filter: self.filter.clone(),
             shutdown: self.shutdown.subscribe(),
         };
-        let (session, events, driver) = match open(ws, setup).await {
+        let (session, events, driver) = match Box::pin(open(ws, setup)).await {
             Ok(opened) => opened,
             Err(info) => {
                 tracing::info!(%remote, sid = up.sid, code = info.code, "handshake failed: {}", info.reason);
@@ -491,27 +496,46 @@ impl Inner {
         };
         reservation.attach(session.clone());
         let _ = self.incoming.send((session, events));
-        self.run(driver, reservation, Some(remote)).await;
+        Inner::spawn(self, driver, reservation, Some(remote));
     }
 
-    /// Runs an open session (accepted, or dialled as a peer) to its end;
-    /// its id is released after.
-    async fn run<S>(&self, driver: Driver<S>, reservation: Reservation, remote: Option<SocketAddr>)
-    where
+    fn sessions(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs an open session on its own task, tracked for shutdown. The
+    /// task holds only the session's state: the upgrade that opened it has
+    /// ended.
+    fn spawn<S>(
+        this: &Arc<Inner>,
+        driver: Driver<S>,
+        reservation: Reservation,
+        remote: Option<SocketAddr>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let sid = reservation.sid();
+        // The driver moves into its future here, not into the task's
+        // state as well.
+        let run = driver.run();
+        let mut sessions = this.sessions();
+        // Reap sessions that ended, so the set holds only live ones.
+        while sessions.try_join_next().is_some() {}
         tracing::info!(?remote, sid, "session open");
-        let info = driver.run().await;
-        tracing::info!(
-            ?remote,
-            sid,
-            code = info.code,
-            by_peer = info.by_peer,
-            "session closed: {}",
-            info.reason
-        );
-        drop(reservation);
+        // `map`, not an `async` block: a block would keep the future it
+        // awaits twice (captured and awaited), doubling the task.
+        sessions.spawn(run.map(move |info| {
+            tracing::info!(
+                ?remote,
+                sid,
+                code = info.code,
+                by_peer = info.by_peer,
+                "session closed: {}",
+                info.reason
+            );
+            // The id is free again only now.
+            drop(reservation);
+        }));
     }
 
     async fn refuse<S: AsyncWrite + Unpin>(

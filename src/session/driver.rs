@@ -32,8 +32,8 @@ use super::ack::AckTracker;
 use super::queue::{Backpressure, Class, Item, Pushed, Queue};
 use super::transaction::{RxBudget, Transactions, TxEffect};
 use super::{
-    CloseInfo, Command, DeliveryError, DeliveryTx, Direction, EventBytes, Filter, Message, Session,
-    SessionEvent, SessionEvents, Stats, Verdict,
+    CloseInfo, Command, DeliveryError, DeliveryTx, Direction, Event, EventBytes, Filter, Message,
+    Session, SessionEvents, Stats, Verdict,
 };
 use crate::metrics::{Metrics, Tolerated};
 use crate::protocol::{self, Body, Frame, FrameError, PingPong, close};
@@ -258,10 +258,7 @@ struct Waits {
 }
 
 type ReserveFuture = Pin<
-    Box<
-        dyn Future<Output = Result<mpsc::OwnedPermit<SessionEvent>, mpsc::error::SendError<()>>>
-            + Send,
-    >,
+    Box<dyn Future<Output = Result<mpsc::OwnedPermit<Event>, mpsc::error::SendError<()>>> + Send>,
 >;
 
 /// What ended the main loop.
@@ -287,7 +284,7 @@ enum Wake {
     /// A pause of reading may be over.
     Resumed,
     /// A place in the application's event channel.
-    Reserved(Option<mpsc::OwnedPermit<SessionEvent>>),
+    Reserved(Option<mpsc::OwnedPermit<Event>>),
     /// Writing failed: the connection is gone.
     WriteFailed(WsError),
 }
@@ -576,7 +573,7 @@ where
                 format!("handshake not completed within {timeout:?}"),
             ),
         };
-        Err(self.finish(exit).await)
+        Err(Box::pin(self.finish(exit)).await)
     }
 
     /// Why reading is paused now, if it is.
@@ -845,7 +842,7 @@ where
                     }
                     let stats = self.stats();
                     session.set_stats(stats);
-                    let _ = self.events.tx.try_send(SessionEvent::Stats(stats));
+                    let _ = self.events.tx.try_send(Event::Stats(stats));
                 }
                 Wake::Expiry => {
                     let expired = self.acks.expire(Instant::now().into_std());
@@ -860,16 +857,14 @@ where
             }
         };
         self.tx.close();
-        let info = self.finish(exit).await;
+        // Boxed: the close sequence's state is needed once, at the end, and
+        // would otherwise be part of every session's task all its life.
+        let info = Box::pin(self.finish(exit)).await;
         session.set_stats(self.stats());
         session.mark_closed();
         self.filter.clone().closed(&session).await;
         metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
-        let _ = self
-            .events
-            .tx
-            .send(SessionEvent::Closed(info.clone()))
-            .await;
+        let _ = Box::pin(self.events.tx.send(Event::Closed(info.clone()))).await;
         info
     }
 
@@ -1024,7 +1019,7 @@ where
                     Some(TxEffect::Tolerated(kind, what)) => self.tolerate(kind, &what),
                     Some(TxEffect::Announce(stream)) => {
                         if let Some(stream) = session.offer_stream(stream) {
-                            self.events.deliver(SessionEvent::Stream(stream));
+                            self.events.deliver(Event::Stream(Box::new(stream)));
                         }
                     }
                     None => {}
@@ -1044,7 +1039,7 @@ where
                 Verdict::Close { code, reason } => return Some(Exit::Local(code, reason)),
             }
         }
-        self.events.deliver(SessionEvent::Message(message));
+        self.events.deliver(Event::Message(message));
         None
     }
 
@@ -1127,7 +1122,7 @@ where
 #[derive(Default)]
 struct Slot {
     /// The reservation, if one is held.
-    permit: Option<mpsc::OwnedPermit<SessionEvent>>,
+    permit: Option<mpsc::OwnedPermit<Event>>,
     /// The application dropped its events: what frames carry is discarded.
     gone: bool,
 }
@@ -1143,7 +1138,7 @@ impl Slot {
 /// of message bytes the application has not taken yet.
 pub(crate) struct EventSender {
     /// The channel.
-    tx: mpsc::Sender<SessionEvent>,
+    tx: mpsc::Sender<Event>,
     /// Bytes waiting, shared with [`SessionEvents`].
     waiting: Arc<EventBytes>,
     /// The place reserved for the next frame's event.
@@ -1165,9 +1160,9 @@ impl EventSender {
 
     /// Delivers `event` into the reservation (or discards it when the
     /// application is gone).
-    fn deliver(&mut self, event: SessionEvent) {
+    fn deliver(&mut self, event: Event) {
         if let Some(permit) = self.slot.permit.take() {
-            if let SessionEvent::Message(m) = &event {
+            if let Event::Message(m) = &event {
                 self.waiting.bytes.fetch_add(m.len(), Ordering::AcqRel);
             }
             permit.send(event);

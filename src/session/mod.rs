@@ -129,22 +129,35 @@ pub(crate) struct EventBytes {
     pub(crate) taken: tokio::sync::Notify,
 }
 
+/// A [`SessionEvent`] as it travels on the event channel: the rare,
+/// large variant boxed. Tokio's channels allocate their slots 32 at a
+/// time, up front, so the slot size is paid by every session, idle or not
+/// (an [`IncomingStream`] is 144 bytes, a message 40).
+#[derive(Debug)]
+pub(crate) enum Event {
+    Message(Message),
+    Stats(Stats),
+    Stream(Box<IncomingStream>),
+    Closed(CloseInfo),
+}
+
 /// The stream of a session's events.
 #[derive(Debug)]
-pub struct SessionEvents(
-    pub(crate) mpsc::Receiver<SessionEvent>,
-    pub(crate) Arc<EventBytes>,
-);
+pub struct SessionEvents(pub(crate) mpsc::Receiver<Event>, pub(crate) Arc<EventBytes>);
 
 impl SessionEvents {
     /// The next event; `None` after [`SessionEvent::Closed`].
     pub async fn next(&mut self) -> Option<SessionEvent> {
-        let event = self.0.recv().await;
-        if let Some(SessionEvent::Message(m)) = &event {
-            self.1.bytes.fetch_sub(m.len(), Ordering::AcqRel);
-            self.1.taken.notify_one();
-        }
-        event
+        Some(match self.0.recv().await? {
+            Event::Message(m) => {
+                self.1.bytes.fetch_sub(m.len(), Ordering::AcqRel);
+                self.1.taken.notify_one();
+                SessionEvent::Message(m)
+            }
+            Event::Stats(stats) => SessionEvent::Stats(stats),
+            Event::Stream(stream) => SessionEvent::Stream(*stream),
+            Event::Closed(info) => SessionEvent::Closed(info),
+        })
     }
 
     /// The next message, skipping statistics and cancelling streams;

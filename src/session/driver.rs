@@ -32,8 +32,8 @@ use super::ack::AckTracker;
 use super::queue::{Backpressure, Class, Item, Pushed, Queue};
 use super::transaction::{RxBudget, Transactions, TxEffect};
 use super::{
-    CloseInfo, Command, DeliveryError, DeliveryTx, Direction, Event, EventBytes, Filter, Message,
-    Session, SessionEvents, Stats, Verdict,
+    CloseInfo, Command, DeliveryError, DeliveryTx, Direction, Event, EventBytes, Filter, Inbox,
+    Message, Session, SessionEvents, Stats, Verdict,
 };
 use crate::metrics::{Metrics, Tolerated};
 use crate::protocol::{self, Body, Frame, FrameError, PingPong, close};
@@ -120,7 +120,7 @@ where
         shutdown,
     } = setup;
     let queue = Arc::new(Queue::new(config.backpressure));
-    let (session, commands) = Session::new(sid, remote, queue.clone());
+    let (session, inbox) = Session::new(sid, remote, queue.clone());
     let tx = Transactions::new(
         sid,
         queue.clone(),
@@ -158,7 +158,7 @@ where
         pending: None,
         logged: 0,
         session: session.clone(),
-        commands,
+        inbox,
         events: events_tx,
         waits: Waits {
             shutdown: Box::pin(shutting_down(shutdown)),
@@ -233,7 +233,7 @@ pub(crate) struct Driver<S> {
     /// The handle this task serves.
     session: Session,
     /// Requests from the handles.
-    commands: mpsc::UnboundedReceiver<Command>,
+    inbox: Arc<Inbox>,
     /// The application's events.
     events: EventSender,
     /// What the loop waits on besides the socket and the commands; kept
@@ -629,7 +629,7 @@ where
         let slot_ready = !running || self.events.slot.ready();
         // Commands and frames take turns being looked at first.
         let commands_first = running && self.turns % 2 == 1;
-        if commands_first && let Poll::Ready(Some(command)) = self.commands.poll_recv(cx) {
+        if commands_first && let Poll::Ready(command) = self.inbox.poll_recv(cx) {
             return self.turn(Wake::Command(command));
         }
         if !paused.any()
@@ -640,7 +640,7 @@ where
         }
         if running
             && !commands_first
-            && let Poll::Ready(Some(command)) = self.commands.poll_recv(cx)
+            && let Poll::Ready(command) = self.inbox.poll_recv(cx)
         {
             return self.turn(Wake::Command(command));
         }
@@ -1224,4 +1224,12 @@ fn close_reason(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_string()
+}
+
+impl<S> Drop for Driver<S> {
+    /// However the task ends (even cut by a runtime shutdown), the handles'
+    /// commands are refused from then on and those waiting are dropped.
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
 }

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::state::{StreamKey, TxCommand};
 use super::{FETCH_STEP, StreamOptions};
 use crate::protocol::Behaviour;
-use crate::session::Command;
+use crate::session::{Command, CommandSender};
 
 /// Bytes of received chunks waiting for readers, across a session.
 #[derive(Debug)]
@@ -124,7 +124,7 @@ pub struct IncomingStream {
     /// The session-wide receive buffer budget.
     pub(super) budget: Arc<RxBudget>,
     /// The session's task, for fetches and the cancel on drop.
-    pub(super) commands: mpsc::UnboundedSender<Command>,
+    pub(super) commands: CommandSender,
     /// Reached EOF or an error: nothing to cancel on drop.
     pub(super) done: bool,
 }

@@ -15,7 +15,7 @@ use super::state::TxCommand;
 use super::{StreamOptions, TransferError};
 use crate::protocol::{self, Behaviour, Body};
 use crate::session::queue::{Class, Item, Queue};
-use crate::session::{Command, DeliveryError, DeliveryTx};
+use crate::session::{Command, CommandSender, DeliveryError, DeliveryTx};
 
 /// Stops a sender task; remembers whether the peer or we asked.
 #[derive(Debug, Default)]
@@ -73,7 +73,7 @@ pub(super) struct Link {
     /// Where frames go (with `push_wait`).
     pub(super) queue: Arc<Queue>,
     /// The session's task, for ack ids and the end notice.
-    pub(super) commands: mpsc::UnboundedSender<Command>,
+    pub(super) commands: CommandSender,
     /// Largest chunk payload: 1 MiB, or less when the queue cap is small,
     /// so that one chunk always fits the queue.
     pub(super) chunk_size: usize,

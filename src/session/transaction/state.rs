@@ -18,7 +18,7 @@ use super::{
 use crate::protocol::{self, Behaviour, Body};
 use crate::session::ack::AckTracker;
 use crate::session::queue::{Class, Item, Queue};
-use crate::session::{Command, DeliveryError, DeliveryTx};
+use crate::session::{Command, CommandSender, DeliveryError, DeliveryTx};
 
 /// Identifies one incoming transaction across id reuse: the peer's tx id
 /// plus a serial unique within the session.
@@ -154,7 +154,7 @@ pub(crate) struct Transactions {
     serial: u64,
     /// The session's command channel (sender tasks and readers talk to the
     /// session's task through it).
-    commands: mpsc::UnboundedSender<Command>,
+    commands: CommandSender,
     /// Accept the PUSH chunk offsets the reference clients write (not
     /// strict).
     lenient: bool,
@@ -175,7 +175,7 @@ impl Transactions {
         queue: Arc<Queue>,
         even_ids: bool,
         lenient: bool,
-        commands: mpsc::UnboundedSender<Command>,
+        commands: CommandSender,
     ) -> Transactions {
         Transactions {
             sid,

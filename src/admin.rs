@@ -103,6 +103,17 @@ impl AdminReport for PluginDir {
             "counter",
             per_plugin(|p| p.output_dropped_bytes),
         );
+        let polling = matches!(
+            self.watch_mode(),
+            Some(crate::extension::wasm::WatchMode::Polling { .. })
+        );
+        family(
+            &mut o,
+            "camp_plugin_watch_polling",
+            "1 when the plugin folder could not be watched and is polled (plugin_poll_ms).",
+            "gauge",
+            [(String::new(), u64::from(polling))],
+        );
         o
     }
 }

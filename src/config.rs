@@ -76,6 +76,9 @@ pub struct Config {
     /// Where compiled plugins are cached across restarts (memory only when
     /// unset). Must be private to the server: it holds native code.
     pub plugin_cache: Option<PathBuf>,
+    /// How often the plugin folder is scanned when it cannot be watched
+    /// (inotify limit reached and the like): default 1000 ms.
+    pub plugin_poll_ms: Option<u64>,
     /// `[plugin_defaults]`: settings for plugins whose `NAME.toml` does not
     /// set them (same keys as `NAME.toml`: `failure_policy`, `deadline_ms`,
     /// `memory_limit_bytes`, `max_instances`, …).
@@ -143,6 +146,8 @@ pub struct Settings {
     pub plugins: Option<PathBuf>,
     /// Cache folder for compiled plugins, if any.
     pub plugin_cache: Option<PathBuf>,
+    /// Scan interval of a plugin folder that cannot be watched.
+    pub plugin_poll: Duration,
     /// Settings of plugins that their own file does not set.
     pub plugin_defaults: PluginConfig,
     /// TLS certificate and key files, if TLS is on.
@@ -207,6 +212,7 @@ impl Config {
             log: flags.log.or(self.log),
             plugins: flags.plugins.or(self.plugins),
             plugin_cache: flags.plugin_cache.or(self.plugin_cache),
+            plugin_poll_ms: flags.plugin_poll_ms.or(self.plugin_poll_ms),
             plugin_defaults: match (self.plugin_defaults, flags.plugin_defaults) {
                 (Some(mut f), Some(o)) => {
                     f.extend(o);
@@ -253,6 +259,15 @@ impl Config {
             return Err(invalid(
                 "keep_alive_ms",
                 format!("{keep_alive_ms} is outside 100..=3600000"),
+            ));
+        }
+        let plugin_poll_ms = self.plugin_poll_ms.unwrap_or(
+            crate::extension::wasm::DEFAULT_POLL_INTERVAL.as_millis() as u64,
+        );
+        if !(10..=3_600_000).contains(&plugin_poll_ms) {
+            return Err(invalid(
+                "plugin_poll_ms",
+                format!("{plugin_poll_ms} is outside 10..=3600000"),
             ));
         }
         let tls = match self.tls {
@@ -323,6 +338,7 @@ impl Config {
             log: self.log.unwrap_or_else(|| "info".into()),
             plugins: self.plugins,
             plugin_cache: self.plugin_cache,
+            plugin_poll: Duration::from_millis(plugin_poll_ms),
             plugin_defaults,
             tls,
             backpressure,
@@ -363,6 +379,7 @@ mod tests {
             keep_alive_ms = 2000
             log = "debug"
             plugin_cache = "cache"
+            plugin_poll_ms = 250
             [tls]
             cert = "c.pem"
             key = "k.pem"
@@ -391,6 +408,7 @@ mod tests {
         assert_eq!(s.backpressure.drop_policy, DropPolicy::DropNewest);
         assert_eq!(s.admin.unwrap().port(), 9999);
         assert_eq!(s.plugin_cache, Some(PathBuf::from("cache")));
+        assert_eq!(s.plugin_poll, Duration::from_millis(250));
         assert_eq!(s.plugin_defaults.deadline_ms, 7);
         assert_eq!(
             s.plugin_defaults.failure_policy,
@@ -455,6 +473,8 @@ mod tests {
             e.contains("`plugin_defaults`") && e.contains("speed"),
             "{e}"
         );
+        let e = err("tokens = [\"a\"]\nplugin_poll_ms = 1");
+        assert!(e.contains("`plugin_poll_ms`"), "{e}");
         let e = err("token_file = \"/definitely/not/here\"");
         assert!(e.contains("`token_file`"), "{e}");
     }

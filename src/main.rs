@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use camp_server::config::{AdminConfig, BackpressureConfig, Config, TlsConfig as TlsFiles};
-use camp_server::extension::wasm::{DirOptions, HostOptions, PluginHost};
+use camp_server::extension::wasm::{DirOptions, HostOptions, PluginHost, WatchMode};
 use camp_server::extension::{Message, Pipeline};
 use camp_server::server::Server;
 use camp_server::server::tls::TlsConfig;
@@ -65,6 +65,11 @@ struct Args {
     /// loaded in file-name order and hot-reloaded while the server runs.
     #[arg(long)]
     plugins: Option<PathBuf>,
+    /// Scan interval in milliseconds of a plugin folder that cannot be
+    /// watched (inotify limit reached): hot reload goes on by polling
+    /// [default: 1000].
+    #[arg(long)]
+    plugin_poll_ms: Option<u64>,
     /// Folder where compiled plugins are cached across restarts.
     #[arg(long)]
     plugin_cache: Option<PathBuf>,
@@ -91,6 +96,7 @@ impl Args {
             log: self.log.clone(),
             plugins: self.plugins.clone(),
             plugin_cache: self.plugin_cache.clone(),
+            plugin_poll_ms: self.plugin_poll_ms,
             plugin_defaults: None,
             tls: self.tls_cert.clone().map(|cert| TlsFiles {
                 cert: Some(cert),
@@ -144,10 +150,14 @@ async fn main() -> anyhow::Result<()> {
     // With a plugin folder, sessions are refused (503) until its plugins
     // are loaded, while the listeners, the admin view and /readyz are up
     // at once.
+    let dir_options = DirOptions {
+        poll_interval: settings.plugin_poll,
+        ..DirOptions::default()
+    };
     let plugins = settings
         .plugins
         .as_ref()
-        .map(|dir| Arc::new(host.plugin_dir(dir.clone(), pipeline.clone(), DirOptions::default())));
+        .map(|dir| Arc::new(host.plugin_dir(dir.clone(), pipeline.clone(), dir_options.clone())));
 
     let mut builder = Server::builder()
         .pipeline(pipeline)
@@ -213,15 +223,22 @@ async fn main() -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let loading = plugins.clone();
         let report = tokio::task::spawn_blocking(move || loading.load_initial()).await?;
+        let how = match plugins.watch() {
+            Ok(WatchMode::Events) => Ok("watching the folder for changes"),
+            // The warning naming the folder and the cause is logged.
+            Ok(WatchMode::Polling { .. }) => Ok("polling the folder for changes"),
+            Err(e) => Err(e),
+        };
         tracing::info!(
             dir = %dir.display(),
             loaded = ?report.loaded,
             failed = ?report.failed,
             ms = started.elapsed().as_millis() as u64,
-            "plugins loaded; serving sessions and watching the folder for changes"
+            "plugins loaded; serving sessions and {}",
+            how.as_ref().map_or("stopping", |h| h)
         );
-        match plugins.watch() {
-            Ok(()) => server.set_ready(),
+        match how {
+            Ok(_) => server.set_ready(),
             Err(e) => {
                 failed = Some(e);
                 let _ = abort.send(());

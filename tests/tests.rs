@@ -22,3 +22,4 @@ mod server;
 mod stranger;
 mod tls;
 mod transactions;
+mod watch_fallback;

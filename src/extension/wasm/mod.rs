@@ -56,4 +56,7 @@ pub use host::{HostError, HostOptions, LoadError, LoadTimings, PluginHost, plugi
 pub use plugin::{
     InstanceError, PluginMeta, Probation, ROLLBACK_SESSIONS, TRIAL_SESSION, WasmPlugin,
 };
-pub use watch::{DirOptions, LoadedVersion, PluginDir, PluginStatus, ScanReport, WatchError};
+pub use watch::{
+    DEFAULT_POLL_INTERVAL, DirOptions, EventHandler, LoadedVersion, PluginDir, PluginStatus,
+    ScanReport, WatchError, WatchMode,
+};

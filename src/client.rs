@@ -194,23 +194,10 @@ impl Client {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (ws, _) = tokio_tungstenite::client_async_with_config(
-            request,
-            stream,
-            Some(crate::server::ws_config()),
-        )
-        .await
-        .map_err(|e| match e {
-            WsError::Http(response) => ClientError::Refused {
-                status: response.status().as_u16(),
-                body: response
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).trim().to_string())
-                    .unwrap_or_default(),
-            },
-            other => ClientError::WebSocket(Box::new(other)),
-        })?;
+        // Not tungstenite's client handshake: it traces the request, token
+        // included.
+        let ws =
+            crate::server::client_upgrade(stream, &request, crate::server::ws_config()).await?;
         let config = SessionConfig {
             keep_alive: self.keep_alive,
             handshake_timeout: self.handshake_timeout,
@@ -221,6 +208,7 @@ impl Client {
             // offsets) is accepted and counted, as a server accepts it
             // from the reference clients.
             strict: false,
+            tx_limits: Default::default(),
         };
         let mut driver = Driver::new(ws, sid, Role::Client, config, self.pipeline);
         // Without a server's shutdown signal, one that never fires (its

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use camp_server::config::{AdminConfig, BackpressureConfig, Config, TlsConfig as TlsFiles};
+use camp_server::config::{
+    AdminConfig, BackpressureConfig, Config, LimitsConfig, TlsConfig as TlsFiles,
+};
 use camp_server::extension::wasm::{DirOptions, HostOptions, PluginHost, WatchMode};
 use camp_server::extension::{Message, Pipeline};
 use camp_server::server::Server;
@@ -79,6 +81,14 @@ struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Connections held at once, sessions and upgrades in progress; above
+    /// it upgrades get 503 [default: 16384] (also `[limits]` in the file).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Connections held at once from one IP address; above it upgrades get
+    /// 429 [default: 1024].
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
     /// Log filter (RUST_LOG syntax) [default: info]; RUST_LOG wins when set.
     #[arg(long)]
     log: Option<String>,
@@ -109,6 +119,12 @@ impl Args {
                     profile: Some(p),
                     ..BackpressureConfig::default()
                 }),
+            limits: (self.max_connections.is_some() || self.max_connections_per_ip.is_some())
+                .then(|| LimitsConfig {
+                    max_connections: self.max_connections,
+                    max_connections_per_ip: self.max_connections_per_ip,
+                    ..LimitsConfig::default()
+                }),
             admin: (self.admin_bind.is_some() || self.no_admin).then(|| AdminConfig {
                 bind: self.admin_bind,
                 enabled: self.no_admin.then_some(false),
@@ -125,8 +141,9 @@ async fn main() -> anyhow::Result<()> {
         None => Config::default(),
     };
     let settings = file.overridden_by(args.as_config()).resolve()?;
-    // tungstenite's client handshake traces the whole request, whose query
-    // carries the bearer token (peers dial with one): never let it through.
+    // The library's clients no longer use tungstenite's client handshake
+    // (which traces the whole request, token included); the directive stays
+    // as a second guard for any other dialer linked in.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log))
         .add_directive(
@@ -165,6 +182,8 @@ async fn main() -> anyhow::Result<()> {
         .keep_alive(settings.keep_alive)
         .strict(settings.strict)
         .backpressure(settings.backpressure)
+        .upgrade_limits(settings.upgrade_limits)
+        .transaction_limits(settings.tx_limits.clone())
         .ready(plugins.is_none());
     let scheme = match &settings.tls {
         Some((cert, key)) => {

@@ -173,6 +173,8 @@ pub struct Metrics {
     queue_drops: [AtomicU64; 3],
     /// Tolerated protocol deviations, by [`Tolerated`] kind.
     tolerated: [AtomicU64; 4],
+    /// Limits reached inside sessions, by config key.
+    limits_hit: Mutex<Vec<(&'static str, u64)>>,
 }
 
 impl Default for Metrics {
@@ -190,6 +192,7 @@ impl Default for Metrics {
             ack_timeouts: AtomicU64::new(0),
             queue_drops: Default::default(),
             tolerated: Default::default(),
+            limits_hit: Mutex::new(Vec::new()),
         }
     }
 }
@@ -250,6 +253,21 @@ impl Metrics {
     pub fn refusals(&self, reason: &str) -> u64 {
         let r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         r.iter().find(|(k, _)| *k == reason).map_or(0, |(_, n)| *n)
+    }
+
+    /// Counts a limit reached inside a session (`limit`: its config key).
+    pub fn limit_hit(&self, limit: &'static str) {
+        let mut r = self.limits_hit.lock().unwrap_or_else(|e| e.into_inner());
+        match r.iter_mut().find(|(k, _)| *k == limit) {
+            Some((_, n)) => *n += 1,
+            None => r.push((limit, 1)),
+        }
+    }
+
+    /// Times `limit` was reached.
+    pub fn limit_hits(&self, limit: &str) -> u64 {
+        let r = self.limits_hit.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter().find(|(k, _)| *k == limit).map_or(0, |(_, n)| *n)
     }
 
     /// Counts frames dropped by a policy.
@@ -322,6 +340,18 @@ impl Metrics {
             refused
                 .iter()
                 .map(|(reason, n)| (format!("reason=\"{reason}\""), *n)),
+        );
+        let limits = self
+            .limits_hit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        family(
+            &mut o,
+            "camp_limits_hit_total",
+            "Limits reached inside sessions, by config key (upgrade refusals: camp_upgrades_refused_total).",
+            "counter",
+            limits.iter().map(|(l, n)| (format!("limit=\"{l}\""), *n)),
         );
         for (name, help, counters) in [
             (

@@ -18,14 +18,16 @@
 //! # Ok(()) }
 //! ```
 
+mod limits;
 mod registry;
 pub mod tls;
+mod tokens;
 mod upgrade;
 
-pub(crate) use upgrade::read_head as read_request_head;
-pub use upgrade::{Refusal, SUBPROTOCOL};
+pub(crate) use upgrade::{client_upgrade, read_head as read_request_head};
+pub use limits::UpgradeLimits;
+pub use upgrade::{MAX_HEADERS, Refusal, SUBPROTOCOL};
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -45,6 +47,7 @@ use crate::client::{Client, ClientError};
 use crate::extension::Pipeline;
 use crate::metrics::{Metrics, Tolerated};
 use crate::protocol;
+use crate::session::transaction::TxLimits;
 use crate::session::{
     Backpressure, Driver, Role, Session, SessionConfig, SessionEvents, event_channel,
 };
@@ -55,9 +58,6 @@ use upgrade::Prefixed;
 /// An async check of a bearer token: true admits the client.
 pub type Validator =
     Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
-
-/// How long a client has to send its upgrade request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long shutdown waits for sessions to say goodbye before it cuts them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,6 +78,10 @@ pub struct ServerBuilder {
     strict: bool,
     /// Serve upgrades from the start.
     ready: bool,
+    /// Limits before a connection is a session.
+    upgrade_limits: UpgradeLimits,
+    /// Transaction limits of every session.
+    tx_limits: TxLimits,
 }
 
 impl Default for ServerBuilder {
@@ -92,6 +96,8 @@ impl Default for ServerBuilder {
             peer_tls: None,
             strict: false,
             ready: true,
+            upgrade_limits: UpgradeLimits::default(),
+            tx_limits: TxLimits::default(),
         }
     }
 }
@@ -152,7 +158,8 @@ impl ServerBuilder {
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        let set: Arc<HashSet<String>> = Arc::new(tokens.into_iter().map(Into::into).collect());
+        // Compared in constant time (see `tokens::TokenList`).
+        let set = Arc::new(tokens::TokenList::new(tokens.into_iter().map(Into::into)));
         self.validator(move |token| {
             let ok = set.contains(&token);
             async move { ok }
@@ -190,6 +197,7 @@ impl ServerBuilder {
                 features: protocol::FEATURES,
                 metrics: Arc::default(),
                 strict: self.strict,
+                tx_limits: self.tx_limits,
             },
             validator: self
                 .validator
@@ -201,6 +209,7 @@ impl ServerBuilder {
             incoming: tx,
             shutdown,
             ready: AtomicBool::new(self.ready),
+            connections: Arc::new(limits::Connections::new(self.upgrade_limits)),
         };
         (
             Server {
@@ -237,6 +246,8 @@ struct Inner {
     /// Whether upgrades are served: false until the application says the
     /// server is ready (e.g. its initial plugins loaded).
     ready: AtomicBool,
+    /// Connections held, against the upgrade limits.
+    connections: Arc<limits::Connections>,
 }
 
 /// A CAMP server. Cheap to clone; clones are the same server.
@@ -356,10 +367,19 @@ impl Server {
 impl Inner {
     /// Handles one accepted TCP connection from request to close.
     async fn accept(&self, tcp: TcpStream, remote: SocketAddr) {
+        // Held until the connection ends (the session included).
+        let _permit = match self.connections.admit(remote.ip()) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                let (tls, metrics) = (self.tls.is_some(), &self.session.metrics);
+                return limits::refuse_at_accept(tcp, remote, refusal, tls, metrics).await;
+            }
+        };
+        let timeout = self.connections.limits.request_timeout;
         let Some(tls) = &self.tls else {
             return self.upgrade(tcp, remote).await;
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, tls.acceptor().accept(tcp)).await {
+        match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
             Ok(Ok(stream)) => self.upgrade(stream, remote).await,
             Ok(Err(e)) => tracing::info!(%remote, "TLS handshake failed: {e}"),
             Err(_) => tracing::info!(%remote, "TLS handshake not completed in time"),
@@ -372,16 +392,17 @@ impl Inner {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let head =
-            match tokio::time::timeout(REQUEST_TIMEOUT, upgrade::read_head(&mut stream)).await {
-                Ok(Ok(head)) => head,
-                Ok(Err(refusal)) => return self.refuse(&mut stream, remote, refusal).await,
-                Err(_) => {
-                    let refusal = Refusal::new(400, "timeout", "request not received in time");
-                    return self.refuse(&mut stream, remote, refusal).await;
-                }
-            };
-        let up = match upgrade::check(&head, self.session.strict) {
+        let limits = &self.connections.limits;
+        let reading = upgrade::read_head_max(&mut stream, limits.max_request_head_bytes);
+        let head = match tokio::time::timeout(limits.request_timeout, reading).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(refusal)) => return self.refuse(&mut stream, remote, refusal).await,
+            Err(_) => {
+                let refusal = limits::timed_out(limits);
+                return self.refuse(&mut stream, remote, refusal).await;
+            }
+        };
+        let up = match upgrade::check(&head, self.session.strict, limits.max_query_params) {
             Ok(up) => up,
             Err(refusal) => return self.refuse(&mut stream, remote, refusal).await,
         };
@@ -465,7 +486,7 @@ impl Inner {
         drop(reservation);
     }
 
-    async fn refuse<S: AsyncWrite + Unpin>(
+    async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: &mut S,
         remote: SocketAddr,
@@ -474,7 +495,7 @@ impl Inner {
         // Never log the request itself: it carries the bearer token.
         tracing::info!(%remote, status = refusal.status, reason = refusal.reason, "upgrade refused");
         self.session.metrics.refused(refusal.reason);
-        let _ = refusal.send(stream).await;
+        let _ = refusal.send_and_drain(stream).await;
     }
 }
 

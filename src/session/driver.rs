@@ -53,6 +53,8 @@ pub(crate) struct SessionConfig {
     /// Refuse the deviations the reference server accepts
     /// ([`Tolerated`]) instead of accepting and counting them.
     pub strict: bool,
+    /// Limits on transactions (the spool budget shared server-wide).
+    pub tx_limits: crate::session::transaction::TxLimits,
 }
 
 /// How many malformed frames a session may send before it is closed: each
@@ -133,6 +135,7 @@ where
     ) -> Driver<S> {
         let (sink, stream) = ws.split();
         let lenient = !config.strict;
+        let (tx_limits, metrics) = (config.tx_limits.clone(), config.metrics.clone());
         let queue = Arc::new(Queue::new(config.backpressure));
         let bytes_tx = Arc::new(AtomicU64::new(0));
         let writer = tokio::spawn(write_loop(
@@ -153,7 +156,14 @@ where
             pipeline,
             acks: AckTracker::new(),
             malformed: 0,
-            tx: Transactions::new(sid, queue, role == Role::Server, lenient),
+            tx: Transactions::new(
+                sid,
+                queue,
+                role == Role::Server,
+                lenient,
+                tx_limits,
+                metrics,
+            ),
             info_ack: None,
             info_acked: false,
             implicit: false,
@@ -531,6 +541,9 @@ where
                         );
                     }
                     heard_since_tick = false;
+                    if !rx_paused {
+                        self.tx.expire_idle(&mut self.acks, Instant::now().into_std());
+                    }
                     if self.role == Role::Server {
                         self.push(Body::Ping(PingPong::Ping), Class::Control);
                     }

@@ -1,0 +1,198 @@
+//! Hostile clients at the HTTP-upgrade stage, on real sockets: a slow
+//! upgrade request (slowloris) times out while a normal client connects;
+//! the connection limit and the per-IP limit refuse with 503 and 429
+//! naming the limit and are counted; huge headers, thousands of query
+//! parameters and a 1 MB token get a clear 4xx after at most the head
+//! limit was read; two connections racing for one sid: one wins, the
+//! other gets 409.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use camp_server::client::{Client, ClientError};
+use camp_server::server::{Server, UpgradeLimits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::{TOKEN, TestServer};
+
+async fn server(limits: UpgradeLimits) -> TestServer {
+    TestServer::echo(Server::builder().upgrade_limits(limits)).await
+}
+
+/// A well-formed upgrade request head for session `sid`.
+fn request(query: &str, extra: &str) -> String {
+    format!(
+        "GET /?{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// Sends `bytes` (ignoring a reset once the server answered) and returns
+/// the whole response.
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before everything is written.
+    let _ = tcp.write_all(bytes).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut response))
+        .await
+        .expect("the server answers and closes");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The status and body of a refused client.
+fn refused(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, String) {
+    match result {
+        Err(ClientError::Refused { status, body }) => (status, body),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_slow_upgrade_request_times_out_while_a_normal_client_connects() {
+    let server = server(UpgradeLimits {
+        request_timeout: Duration::from_millis(500),
+        ..UpgradeLimits::default()
+    })
+    .await;
+    let addr = server.addr;
+    // Slowloris: one byte of the request every 50 ms, never finishing.
+    let slow = tokio::spawn(async move {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let head = request(&format!("authorization=Bearer%20{TOKEN}&x-camp-sid=1"), "");
+        for b in head.as_bytes().iter().take(head.len() - 2) {
+            if tcp.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut response = Vec::new();
+        let _ = tcp.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).into_owned()
+    });
+    // Meanwhile a normal client gets its session and an echo.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (session, mut events) = server.client(2).await;
+    session.send_utf8("hi").acked().await.unwrap();
+    assert!(events.next_message().await.is_some());
+    let response = tokio::time::timeout(Duration::from_secs(30), slow)
+        .await
+        .expect("the slow client is cut off")
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 408 "), "{response}");
+    assert!(response.contains("limits.upgrade_timeout_ms"), "{response}");
+    assert_eq!(server.server.metrics().refusals("timeout"), 1);
+    session.close("done");
+}
+
+#[tokio::test]
+async fn the_connection_limits_refuse_with_503_and_429_and_are_counted() {
+    // Per address: 2.
+    let server_a = server(UpgradeLimits {
+        max_connections_per_ip: 2,
+        ..UpgradeLimits::default()
+    })
+    .await;
+    let (s1, _e1) = server_a.client(1).await;
+    let (_s2, _e2) = server_a.client(2).await;
+    let (status, body) = refused(Client::new(server_a.url(), TOKEN).sid(3).connect().await);
+    assert_eq!(status, 429);
+    assert!(body.contains("limits.max_connections_per_ip"), "{body}");
+    assert_eq!(
+        server_a.server.metrics().refusals("ip_connection_limit"),
+        1
+    );
+    // A place frees when a session ends.
+    s1.close("bye");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let s3 = loop {
+        match Client::new(server_a.url(), TOKEN).sid(3).connect().await {
+            Ok(s) => break s,
+            Err(ClientError::Refused { status: 429, .. }) => {
+                assert!(std::time::Instant::now() < deadline, "the place never freed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    drop(s3);
+
+    // In total: 1 (an upgrade in progress counts: a bare TCP connection).
+    let server_b = server(UpgradeLimits {
+        max_connections: 1,
+        ..UpgradeLimits::default()
+    })
+    .await;
+    let _idle = TcpStream::connect(server_b.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = refused(Client::new(server_b.url(), TOKEN).sid(4).connect().await);
+    assert_eq!(status, 503);
+    assert!(body.contains("limits.max_connections"), "{body}");
+    let metrics = server_b.server.metrics().render(server_b.server.pipeline());
+    assert!(
+        metrics.contains("camp_upgrades_refused_total{reason=\"connection_limit\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_upgrade_requests_get_a_clear_4xx() {
+    let server = server(UpgradeLimits::default()).await;
+    let auth = format!("authorization=Bearer%20{TOKEN}&x-camp-sid=1");
+
+    // Huge headers: 1 MB of them, in 4 KiB lines.
+    let line = format!("X-Junk: {}\r\n", "j".repeat(4096));
+    let headers = line.repeat(256);
+    let response = exchange(server.addr, request(&auth, &headers).as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
+    assert!(response.contains("limits.max_request_head_bytes"), "{response}");
+
+    // Many small headers: more than the parser's table.
+    let many: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let response = exchange(server.addr, request(&auth, &many).as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
+
+    // Thousands of query parameters (within the head limit: 2000 of them).
+    let params: String = (0..2000).map(|i| format!("&{i}")).collect();
+    let response = exchange(server.addr, request(&format!("{auth}{params}"), "").as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 414 "), "{response}");
+    assert!(response.contains("limits.max_query_params"), "{response}");
+
+    // A 1 MB token (the library's client refuses to build such a URL).
+    let token = "t".repeat(1 << 20);
+    let huge = request(&format!("authorization=Bearer%20{token}&x-camp-sid=5"), "");
+    let response = exchange(server.addr, huge.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 414 "), "{response}");
+    assert!(response.contains("limits.max_request_head_bytes"), "{response}");
+    let err = Client::new(server.url(), token).sid(5).connect().await.unwrap_err();
+    assert!(matches!(err, ClientError::InvalidUrl(_)), "{err}");
+
+    let metrics = server.server.metrics();
+    assert_eq!(metrics.refusals("head_too_large"), 1);
+    assert_eq!(metrics.refusals("too_many_headers"), 1);
+    assert_eq!(metrics.refusals("too_many_params"), 1);
+    assert_eq!(metrics.refusals("uri_too_long"), 1);
+    // Still serving.
+    let (session, _events) = server.client(6).await;
+    session.close("done");
+}
+
+#[tokio::test]
+async fn two_connections_racing_for_one_sid_one_wins_the_other_gets_409() {
+    let server = server(UpgradeLimits::default()).await;
+    for round in 0..20u64 {
+        let sid = 1000 + round;
+        let connect = || Client::new(server.url(), TOKEN).sid(sid).connect();
+        let (a, b) = tokio::join!(connect(), connect());
+        let (winner, loser) = match (a, b) {
+            (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+            (Ok(_), Ok(_)) => panic!("round {round}: both connections got session {sid}"),
+            (Err(a), Err(b)) => panic!("round {round}: both refused: {a}; {b}"),
+        };
+        let (status, body) = refused(Err::<(), _>(loser));
+        assert_eq!(status, 409, "{body}");
+        winner.0.close("done");
+    }
+    assert_eq!(server.server.metrics().refusals("duplicate_sid"), 20);
+}

@@ -24,4 +24,5 @@ mod stranger;
 mod tls;
 mod token_logs;
 mod transactions;
+mod tx_limits;
 mod watch_fallback;

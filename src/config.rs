@@ -358,9 +358,9 @@ impl Config {
                 format!("{keep_alive_ms} is outside 100..=3600000"),
             ));
         }
-        let plugin_poll_ms = self.plugin_poll_ms.unwrap_or(
-            crate::extension::wasm::DEFAULT_POLL_INTERVAL.as_millis() as u64,
-        );
+        let plugin_poll_ms = self
+            .plugin_poll_ms
+            .unwrap_or(crate::extension::wasm::DEFAULT_POLL_INTERVAL.as_millis() as u64);
         if !(10..=3_600_000).contains(&plugin_poll_ms) {
             return Err(invalid(
                 "plugin_poll_ms",
@@ -608,9 +608,15 @@ mod tests {
             "{e}"
         );
         let e = err("tokens = [\"a\"]\n[limits]\nmax_connections = 0");
-        assert!(e.contains("`limits`") && e.contains("max_connections"), "{e}");
+        assert!(
+            e.contains("`limits`") && e.contains("max_connections"),
+            "{e}"
+        );
         let e = err("tokens = [\"a\"]\n[limits]\nmax_spool_files = 0");
-        assert!(e.contains("`limits`") && e.contains("max_spool_files"), "{e}");
+        assert!(
+            e.contains("`limits`") && e.contains("max_spool_files"),
+            "{e}"
+        );
         let e = err("tokens = [\"a\"]\n[limits]\nmax_conections = 1");
         assert!(e.contains("max_conections"), "{e}");
         let e = err("tokens = [\"a\"]\nplugin_poll_ms = 1");

@@ -119,12 +119,13 @@ impl Args {
                     profile: Some(p),
                     ..BackpressureConfig::default()
                 }),
-            limits: (self.max_connections.is_some() || self.max_connections_per_ip.is_some())
-                .then(|| LimitsConfig {
+            limits: (self.max_connections.is_some() || self.max_connections_per_ip.is_some()).then(
+                || LimitsConfig {
                     max_connections: self.max_connections,
                     max_connections_per_ip: self.max_connections_per_ip,
                     ..LimitsConfig::default()
-                }),
+                },
+            ),
             admin: (self.admin_bind.is_some() || self.no_admin).then(|| AdminConfig {
                 bind: self.admin_bind,
                 enabled: self.no_admin.then_some(false),

@@ -99,10 +99,7 @@ async fn the_connection_limits_refuse_with_503_and_429_and_are_counted() {
     let (status, body) = refused(Client::new(server_a.url(), TOKEN).sid(3).connect().await);
     assert_eq!(status, 429);
     assert!(body.contains("limits.max_connections_per_ip"), "{body}");
-    assert_eq!(
-        server_a.server.metrics().refusals("ip_connection_limit"),
-        1
-    );
+    assert_eq!(server_a.server.metrics().refusals("ip_connection_limit"), 1);
     // A place frees when a session ends.
     s1.close("bye");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -110,7 +107,10 @@ async fn the_connection_limits_refuse_with_503_and_429_and_are_counted() {
         match Client::new(server_a.url(), TOKEN).sid(3).connect().await {
             Ok(s) => break s,
             Err(ClientError::Refused { status: 429, .. }) => {
-                assert!(std::time::Instant::now() < deadline, "the place never freed");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the place never freed"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("{e}"),
@@ -146,7 +146,10 @@ async fn oversized_upgrade_requests_get_a_clear_4xx() {
     let headers = line.repeat(256);
     let response = exchange(server.addr, request(&auth, &headers).as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
-    assert!(response.contains("limits.max_request_head_bytes"), "{response}");
+    assert!(
+        response.contains("limits.max_request_head_bytes"),
+        "{response}"
+    );
 
     // Many small headers: more than the parser's table.
     let many: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
@@ -155,7 +158,11 @@ async fn oversized_upgrade_requests_get_a_clear_4xx() {
 
     // Thousands of query parameters (within the head limit: 2000 of them).
     let params: String = (0..2000).map(|i| format!("&{i}")).collect();
-    let response = exchange(server.addr, request(&format!("{auth}{params}"), "").as_bytes()).await;
+    let response = exchange(
+        server.addr,
+        request(&format!("{auth}{params}"), "").as_bytes(),
+    )
+    .await;
     assert!(response.starts_with("HTTP/1.1 414 "), "{response}");
     assert!(response.contains("limits.max_query_params"), "{response}");
 
@@ -164,8 +171,15 @@ async fn oversized_upgrade_requests_get_a_clear_4xx() {
     let huge = request(&format!("authorization=Bearer%20{token}&x-camp-sid=5"), "");
     let response = exchange(server.addr, huge.as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 414 "), "{response}");
-    assert!(response.contains("limits.max_request_head_bytes"), "{response}");
-    let err = Client::new(server.url(), token).sid(5).connect().await.unwrap_err();
+    assert!(
+        response.contains("limits.max_request_head_bytes"),
+        "{response}"
+    );
+    let err = Client::new(server.url(), token)
+        .sid(5)
+        .connect()
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::InvalidUrl(_)), "{err}");
 
     let metrics = server.server.metrics();

@@ -66,7 +66,10 @@ async fn no_token_in_any_log_at_trace() {
 
     // Positive control: tungstenite's own client handshake traces its
     // request, URL included, and the capture sees it.
-    let url = format!("ws://{}/?authorization=Bearer%20{MARKER}&x-camp-sid=9", server.addr);
+    let url = format!(
+        "ws://{}/?authorization=Bearer%20{MARKER}&x-camp-sid=9",
+        server.addr
+    );
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
         tokio_tungstenite::connect_async(url),

@@ -222,8 +222,14 @@ async fn outgoing_streams_per_session_are_capped() {
     let limits = TxLimits::new(2, 1024, Duration::from_secs(60), 100, 1 << 30);
     let server = stream_echo(limits, Duration::from_secs(15)).await;
     let mut peer = Peer::connect(server.addr, 1).await;
-    assert!(matches!(peer.pull_stream(1, "x1").await, Body::TxStart { .. }));
-    assert!(matches!(peer.pull_stream(3, "x2").await, Body::TxStart { .. }));
+    assert!(matches!(
+        peer.pull_stream(1, "x1").await,
+        Body::TxStart { .. }
+    ));
+    assert!(matches!(
+        peer.pull_stream(3, "x2").await,
+        Body::TxStart { .. }
+    ));
     match peer.pull_stream(5, "x3").await {
         Body::Error { message, .. } => {
             assert!(message.contains("\"x3\" not sent"), "{message}");
@@ -236,7 +242,10 @@ async fn outgoing_streams_per_session_are_capped() {
     }
     // Another session has its own allowance.
     let mut other = Peer::connect(server.addr, 2).await;
-    assert!(matches!(other.pull_stream(1, "y1").await, Body::TxStart { .. }));
+    assert!(matches!(
+        other.pull_stream(1, "y1").await,
+        Body::TxStart { .. }
+    ));
     assert_eq!(
         server
             .server
@@ -267,7 +276,10 @@ async fn idle_transactions_are_cancelled_both_ways() {
     }
     let error = error.expect("an ERROR before the TX_CANCEL");
     assert!(error.contains(&format!("transaction {echo}")), "{error}");
-    assert!(error.contains("limits.transaction_idle_timeout_ms"), "{error}");
+    assert!(
+        error.contains("limits.transaction_idle_timeout_ms"),
+        "{error}"
+    );
     eventually("the spool file to close", || limits.spool.files() == 0).await;
 
     // Incoming: a PUSH stream that never sends a chunk (its echo, a PUSH

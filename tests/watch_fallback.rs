@@ -47,10 +47,11 @@ fn an_unwatchable_folder_is_polled_and_hot_reload_keeps_working() {
     assert!(log.contains("WARN"), "{log}");
     assert!(log.contains(&dir.display().to_string()), "{log}");
     assert!(log.contains("Too many open files"), "{log}");
-    assert!(plugins.watch_mode().is_some_and(|m| m == WatchMode::Polling {
-        cause: cause.clone(),
-        interval
-    }));
+    assert!(plugins.watch_mode().is_some_and(|m| m
+        == WatchMode::Polling {
+            cause: cause.clone(),
+            interval
+        }));
     assert!(
         plugins
             .metrics_text()

@@ -64,7 +64,9 @@ impl UpgradeLimits {
             return Err("max_request_head_bytes must be at least 1024".into());
         }
         if self.max_query_params < 2 {
-            return Err("max_query_params must be at least 2 (authorization and x-camp-sid)".into());
+            return Err(
+                "max_query_params must be at least 2 (authorization and x-camp-sid)".into(),
+            );
         }
         Ok(())
     }
@@ -218,7 +220,11 @@ mod tests {
         let _p2 = connections.admit(a6).unwrap();
         let r = connections.admit(a).unwrap_err();
         assert_eq!((r.status, r.reason), (429, "ip_connection_limit"));
-        assert!(r.body.contains("limits.max_connections_per_ip"), "{}", r.body);
+        assert!(
+            r.body.contains("limits.max_connections_per_ip"),
+            "{}",
+            r.body
+        );
         let _p3 = connections.admit(b).unwrap();
         let r = connections.admit(b).unwrap_err();
         assert_eq!((r.status, r.reason), (503, "connection_limit"));
@@ -235,6 +241,10 @@ mod tests {
             max_request_head_bytes: 100,
             ..UpgradeLimits::default()
         };
-        assert!(bad.validate().unwrap_err().contains("max_request_head_bytes"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .contains("max_request_head_bytes")
+        );
     }
 }

@@ -24,9 +24,9 @@ pub mod tls;
 mod tokens;
 mod upgrade;
 
-pub(crate) use upgrade::{client_upgrade, read_head as read_request_head};
 pub use limits::UpgradeLimits;
 pub use upgrade::{MAX_HEADERS, Refusal, SUBPROTOCOL};
+pub(crate) use upgrade::{client_upgrade, read_head as read_request_head};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -169,17 +169,13 @@ fn head_too_large(buf: &[u8], max: usize) -> Refusal {
         Refusal::new(
             431,
             "head_too_large",
-            format!(
-                "request headers larger than {max} bytes (limits.max_request_head_bytes)"
-            ),
+            format!("request headers larger than {max} bytes (limits.max_request_head_bytes)"),
         )
     } else {
         Refusal::new(
             414,
             "uri_too_long",
-            format!(
-                "request line longer than {max} bytes (limits.max_request_head_bytes)"
-            ),
+            format!("request line longer than {max} bytes (limits.max_request_head_bytes)"),
         )
     }
 }
@@ -346,12 +342,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     use crate::client::ClientError;
-    use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError, SubProtocolError};
+    use tokio_tungstenite::tungstenite::error::{
+        Error as WsError, ProtocolError, SubProtocolError,
+    };
     let protocol = |e: ProtocolError| ClientError::WebSocket(Box::new(WsError::Protocol(e)));
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str());
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let mut head = format!("GET {path} HTTP/1.1\r\n");
     for (name, value) in request.headers() {
         let value = value
@@ -425,10 +420,7 @@ where
         });
     }
     let has = |name: &str, token: &str| {
-        header(name).is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
     if !has("upgrade", "websocket") {
         return Err(protocol(ProtocolError::MissingUpgradeWebSocketHeader));
@@ -537,7 +529,8 @@ mod tests {
     fn accepts_a_good_request_with_any_case_sid() {
         let up = check(
             &head("/?authorization=Bearer%20abc&x-CAMP-sid=42", ""),
-            true, 64,
+            true,
+            64,
         )
         .unwrap();
         assert_eq!(
@@ -554,7 +547,8 @@ mod tests {
                 "/camp?x-camp-sid=18446744073709551615&authorization=Bearer+t%2B1",
                 "Sec-WebSocket-Protocol: chat, camp\r\n",
             ),
-            true, 64,
+            true,
+            64,
         )
         .unwrap();
         assert_eq!(
@@ -572,7 +566,8 @@ mod tests {
         // Both given: x-camp-sid wins and nothing was tolerated.
         let up = check(
             &head("/?authorization=Bearer%20a&x-cryo-sid=9&x-camp-sid=3", ""),
-            false, 64,
+            false,
+            64,
         )
         .unwrap();
         assert_eq!((up.sid, up.legacy_sid), (3, false));
@@ -580,7 +575,8 @@ mod tests {
 
     #[test]
     fn refusals_have_the_documented_statuses() {
-        let status = |path: &str, extra: &str| check(&head(path, extra), true, 64).unwrap_err().status;
+        let status =
+            |path: &str, extra: &str| check(&head(path, extra), true, 64).unwrap_err().status;
         assert_eq!(status("/?x-camp-sid=1", ""), 401);
         assert_eq!(status("/?authorization=Basic%20x&x-camp-sid=1", ""), 401);
         assert_eq!(status("/?authorization=Bearer%20&x-camp-sid=1", ""), 401);
@@ -604,24 +600,35 @@ mod tests {
         let plain = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(check(plain, true, 64).unwrap_err().status, 426);
         assert_eq!(
-            check(b"POST / HTTP/1.1\r\n\r\n", true, 64).unwrap_err().status,
+            check(b"POST / HTTP/1.1\r\n\r\n", true, 64)
+                .unwrap_err()
+                .status,
             400
         );
         assert_eq!(
-            check(b"\x00\x01garbage\r\n\r\n", true, 64).unwrap_err().status,
+            check(b"\x00\x01garbage\r\n\r\n", true, 64)
+                .unwrap_err()
+                .status,
             400
         );
     }
 
     #[test]
     fn heads_and_queries_are_bounded() {
-        let many = (0..65).map(|i| format!("p{i}=1")).collect::<Vec<_>>().join("&");
+        let many = (0..65)
+            .map(|i| format!("p{i}=1"))
+            .collect::<Vec<_>>()
+            .join("&");
         let r = check(&head(&format!("/?{many}"), ""), true, 64).unwrap_err();
         assert_eq!((r.status, r.reason), (414, "too_many_params"));
         assert!(r.body.contains("limits.max_query_params"), "{}", r.body);
         let headers: String = (0..70).map(|i| format!("X-H{i}: v\r\n")).collect();
-        let r = check(&head("/?authorization=Bearer%20a&x-camp-sid=1", &headers), true, 64)
-            .unwrap_err();
+        let r = check(
+            &head("/?authorization=Bearer%20a&x-camp-sid=1", &headers),
+            true,
+            64,
+        )
+        .unwrap_err();
         assert_eq!((r.status, r.reason), (431, "too_many_headers"));
 
         let read = |bytes: Vec<u8>, max: usize| {
@@ -634,7 +641,11 @@ mod tests {
         let long_line = format!("GET /?t={} HTTP/1.1\r\n\r\n", "a".repeat(5000)).into_bytes();
         let r = read(long_line.clone(), 4096).unwrap_err();
         assert_eq!((r.status, r.reason), (414, "uri_too_long"));
-        assert!(r.body.contains("limits.max_request_head_bytes"), "{}", r.body);
+        assert!(
+            r.body.contains("limits.max_request_head_bytes"),
+            "{}",
+            r.body
+        );
         assert!(read(long_line, 8192).is_ok());
         let big_headers = head("/", &format!("X-Big: {}\r\n", "b".repeat(5000)));
         let r = read(big_headers.clone(), 4096).unwrap_err();

@@ -145,7 +145,10 @@ impl TxLimits {
         for (key, value) in [
             ("max_outgoing_transactions", self.max_outgoing as u64),
             ("max_incoming_transactions", self.max_incoming as u64),
-            ("transaction_idle_timeout_ms", self.idle_timeout.as_millis() as u64),
+            (
+                "transaction_idle_timeout_ms",
+                self.idle_timeout.as_millis() as u64,
+            ),
             ("max_spool_files", self.spool.max_files() as u64),
             ("max_spooled_bytes", self.spool.max_bytes()),
         ] {

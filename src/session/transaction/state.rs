@@ -656,10 +656,7 @@ impl Transactions {
                 "{} streams are being sent on this session (limits.max_outgoing_transactions)",
                 self.limits.max_outgoing
             );
-            self.error(
-                acks,
-                format!("stream {:?} not sent: {why}", options.name),
-            );
+            self.error(acks, format!("stream {:?} not sent: {why}", options.name));
             let _ = result.send(Err(TransferError::Limit(why)));
             return;
         }

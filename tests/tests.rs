@@ -11,6 +11,7 @@ mod bench;
 mod binary_plugins;
 mod cli;
 mod every_guest;
+mod fuzz_session;
 mod hostile_upgrade;
 mod peers;
 mod plugin_e2e;

@@ -23,6 +23,8 @@ mod registry;
 pub mod tls;
 mod tokens;
 mod upgrade;
+#[cfg(test)]
+mod upgrade_proptests;
 
 pub use limits::UpgradeLimits;
 pub use upgrade::{MAX_HEADERS, Refusal, SUBPROTOCOL};

@@ -66,6 +66,10 @@ pub struct Config {
     pub tokens: Option<Vec<String>>,
     /// A file with one accepted token per line.
     pub token_file: Option<PathBuf>,
+    /// A WebAssembly plugin of the `token-validator` world
+    /// (`wit/camp-auth.wit`, settings from the `.toml` beside it): a token
+    /// it accepts is admitted too; with it, `tokens` may be empty.
+    pub token_plugin: Option<PathBuf>,
     /// Heartbeat interval in milliseconds (default 15000).
     pub keep_alive_ms: Option<u64>,
     /// Refuse what the reference server tolerates from its clients
@@ -222,8 +226,10 @@ pub struct AdminConfig {
 pub struct Settings {
     /// CAMP listener address.
     pub bind: SocketAddr,
-    /// Accepted tokens (never empty).
+    /// Accepted tokens (empty only with a token plugin).
     pub tokens: Vec<String>,
+    /// The token-validating plugin, if any.
+    pub token_plugin: Option<PathBuf>,
     /// Heartbeat interval.
     pub keep_alive: Duration,
     /// Strict protocol checks.
@@ -304,6 +310,7 @@ impl Config {
             bind: flags.bind.or(self.bind),
             tokens: flags.tokens.filter(|t| !t.is_empty()).or(self.tokens),
             token_file: flags.token_file.or(self.token_file),
+            token_plugin: flags.token_plugin.or(self.token_plugin),
             keep_alive_ms: flags.keep_alive_ms.or(self.keep_alive_ms),
             strict: flags.strict.or(self.strict),
             log: flags.log.or(self.log),
@@ -342,10 +349,18 @@ impl Config {
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
             .collect();
-        if tokens.is_empty() {
+        if tokens.is_empty() && self.token_plugin.is_none() {
             return Err(invalid(
                 "tokens",
-                "no token configured: pass --token, CAMP_TOKENS, --token-file or `tokens` in the config file",
+                "no token configured: pass --token, CAMP_TOKENS, --token-file, --token-plugin or `tokens` in the config file",
+            ));
+        }
+        if let Some(p) = &self.token_plugin
+            && !p.is_file()
+        {
+            return Err(invalid(
+                "token_plugin",
+                format!("{} is not a file", p.display()),
             ));
         }
         if tokens.iter().any(|t| t.chars().any(char::is_whitespace)) {
@@ -427,6 +442,7 @@ impl Config {
         };
         let (upgrade_limits, tx_limits) = self.limits.unwrap_or_default().resolve()?;
         Ok(Settings {
+            token_plugin: self.token_plugin,
             upgrade_limits,
             tx_limits,
             bind: self
@@ -621,6 +637,8 @@ mod tests {
         assert!(e.contains("max_conections"), "{e}");
         let e = err("tokens = [\"a\"]\nplugin_poll_ms = 1");
         assert!(e.contains("`plugin_poll_ms`"), "{e}");
+        let e = err("token_plugin = \"/definitely/not/here.wasm\"");
+        assert!(e.contains("`token_plugin`"), "{e}");
         let e = err("token_file = \"/definitely/not/here\"");
         assert!(e.contains("`token_file`"), "{e}");
     }

@@ -9,10 +9,10 @@ use anyhow::Context;
 use camp_server::config::{
     AdminConfig, BackpressureConfig, Config, LimitsConfig, TlsConfig as TlsFiles,
 };
-use camp_server::extension::wasm::{DirOptions, HostOptions, PluginHost, WatchMode};
+use camp_server::extension::wasm::{DirOptions, HostOptions, PluginHost, TokenPlugin, WatchMode};
 use camp_server::extension::{Message, Pipeline};
-use camp_server::server::Server;
 use camp_server::server::tls::TlsConfig;
+use camp_server::server::{Server, TokenList};
 use camp_server::session::{Session, SessionEvent, SessionEvents};
 use clap::Parser;
 
@@ -44,6 +44,11 @@ struct Args {
     /// starting with # are ignored).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// A WebAssembly token-validating plugin (`wit/camp-auth.wit`, settings
+    /// in the `.toml` beside it): tokens it accepts are admitted too; with
+    /// it, --token may be left out.
+    #[arg(long)]
+    token_plugin: Option<PathBuf>,
     /// Heartbeat interval in milliseconds [default: 15000].
     #[arg(long)]
     keep_alive_ms: Option<u64>,
@@ -101,6 +106,7 @@ impl Args {
             bind: self.bind,
             tokens: Some(self.tokens.clone()).filter(|t| !t.is_empty()),
             token_file: self.token_file.clone(),
+            token_plugin: self.token_plugin.clone(),
             keep_alive_ms: self.keep_alive_ms,
             strict: self.strict.then_some(true),
             log: self.log.clone(),
@@ -177,9 +183,30 @@ async fn main() -> anyhow::Result<()> {
         .as_ref()
         .map(|dir| Arc::new(host.plugin_dir(dir.clone(), pipeline.clone(), dir_options.clone())));
 
-    let mut builder = Server::builder()
-        .pipeline(pipeline)
-        .tokens(settings.tokens.clone())
+    let token_plugin = match &settings.token_plugin {
+        Some(wasm) => Some(
+            TokenPlugin::load_file(&host, wasm)
+                .await
+                .with_context(|| format!("token_plugin {}", wasm.display()))?,
+        ),
+        None => None,
+    };
+    let mut builder = Server::builder().pipeline(pipeline);
+    builder = match token_plugin {
+        None => builder.tokens(settings.tokens.clone()),
+        Some(plugin) => {
+            tracing::info!(
+                plugin = plugin.name(),
+                "tokens are also validated by a plugin"
+            );
+            let list = Arc::new(TokenList::new(settings.tokens.clone()));
+            builder.validator(move |token| {
+                let (list, plugin) = (list.clone(), plugin.clone());
+                async move { list.contains(&token) || plugin.admits(token).await }
+            })
+        }
+    };
+    let mut builder = builder
         .keep_alive(settings.keep_alive)
         .strict(settings.strict)
         .backpressure(settings.backpressure)

@@ -145,6 +145,32 @@ async fn token_check() {
         other => panic!("expected 401, got {other:?}"),
     }
 
+    // The binary: --token-plugin admits what the plugin accepts and what
+    // --token lists; with only a plugin, no --token is needed.
+    for args in [vec![], vec!["--token", "listed"]] {
+        let wasm_arg = wasm.to_str().unwrap();
+        let mut all = vec![
+            "--bind",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--token-plugin",
+            wasm_arg,
+            "--log",
+            "warn",
+        ];
+        all.extend(&args);
+        let spawned =
+            crate::common::spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &all).await;
+        let (session, _events) = Client::new(&spawned.url, "beta").connect().await.unwrap();
+        session.close("done");
+        let listed = Client::new(&spawned.url, "listed").connect().await;
+        match (args.is_empty(), listed) {
+            (true, Err(ClientError::Refused { status: 401, .. })) => {}
+            (false, Ok((session, _))) => session.close("done"),
+            (_, other) => panic!("{args:?}: {other:?}"),
+        }
+    }
+
     // A configuration the plugin refuses fails the load, naming it.
     std::fs::write(wasm.with_extension("toml"), "config = '{}'\n").unwrap();
     let err = TokenPlugin::load_file(&host(), &wasm).await.unwrap_err();

@@ -27,6 +27,7 @@ mod upgrade;
 mod upgrade_proptests;
 
 pub use limits::UpgradeLimits;
+pub use tokens::TokenList;
 pub use upgrade::{MAX_HEADERS, Refusal, SUBPROTOCOL};
 pub(crate) use upgrade::{client_upgrade, read_head as read_request_head};
 

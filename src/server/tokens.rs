@@ -8,8 +8,13 @@ use subtle::{Choice, ConstantTimeEq};
 /// (`subtle`), without stopping at a match: how long a check takes says
 /// nothing about which token matched, how many bytes of one matched, or
 /// how long the accepted tokens are.
+///
+/// ```
+/// let list = camp_server::server::TokenList::new(["alpha".to_string()]);
+/// assert!(list.contains("alpha") && !list.contains("alph"));
+/// ```
 #[derive(Clone)]
-pub(crate) struct TokenList {
+pub struct TokenList {
     digests: Vec<[u8; 32]>,
 }
 
@@ -22,7 +27,7 @@ impl std::fmt::Debug for TokenList {
 
 impl TokenList {
     /// The list of `tokens`.
-    pub(crate) fn new<I: IntoIterator<Item = String>>(tokens: I) -> TokenList {
+    pub fn new<I: IntoIterator<Item = String>>(tokens: I) -> TokenList {
         TokenList {
             digests: tokens
                 .into_iter()
@@ -32,7 +37,7 @@ impl TokenList {
     }
 
     /// Whether `token` is in the list.
-    pub(crate) fn contains(&self, token: &str) -> bool {
+    pub fn contains(&self, token: &str) -> bool {
         let offered: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = Choice::from(0);
         for digest in &self.digests {

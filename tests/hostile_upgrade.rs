@@ -210,3 +210,83 @@ async fn two_connections_racing_for_one_sid_one_wins_the_other_gets_409() {
     }
     assert_eq!(server.server.metrics().refusals("duplicate_sid"), 20);
 }
+
+#[tokio::test]
+async fn churn_of_failing_and_closing_connections_leaves_no_place_held() {
+    const PER_IP: usize = 8;
+    let server = server(UpgradeLimits {
+        request_timeout: Duration::from_millis(300),
+        max_connections_per_ip: PER_IP,
+        ..UpgradeLimits::default()
+    })
+    .await;
+    let addr = server.addr;
+    // 400 connections, 16 at a time, each ending a different way.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..400u64 {
+        if tasks.len() >= 16 {
+            tasks.join_next().await;
+        }
+        let url = server.url();
+        tasks.spawn(async move {
+            match i % 5 {
+                // A session that opens and closes.
+                0 => {
+                    if let Ok((s, mut e)) = Client::new(url, TOKEN).sid(10_000 + i).connect().await
+                    {
+                        s.close("bye");
+                        let _ = e.closed().await;
+                    }
+                }
+                // A rejected token.
+                1 => {
+                    let _ = Client::new(url, "wrong").sid(10_000 + i).connect().await;
+                }
+                // A malformed request.
+                2 => {
+                    let _ = exchange(addr, b"NONSENSE\r\n\r\n").await;
+                }
+                // Half a request, then gone.
+                3 => {
+                    let mut tcp = TcpStream::connect(addr).await.unwrap();
+                    let _ = tcp.write_all(b"GET /?authorization=Bea").await;
+                }
+                // Half a request, then silence until the timeout.
+                _ => {
+                    let mut tcp = TcpStream::connect(addr).await.unwrap();
+                    let _ = tcp.write_all(b"GET / HTTP/1.1\r\n").await;
+                    let mut sink = Vec::new();
+                    let _ = tcp.read_to_end(&mut sink).await;
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    // Every place is free again: PER_IP sessions at once are admitted
+    // (retrying while the server notices the last closes).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut held = Vec::new();
+    while held.len() < PER_IP {
+        match Client::new(server.url(), TOKEN)
+            .sid(1 + held.len() as u64)
+            .connect()
+            .await
+        {
+            Ok(s) => held.push(s),
+            Err(ClientError::Refused { status: 429, .. }) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "places still held after the churn: {} admitted",
+                    held.len()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (status, _) = refused(Client::new(server.url(), TOKEN).sid(99).connect().await);
+    assert_eq!(status, 429);
+    for (s, _) in held {
+        s.close("done");
+    }
+}

@@ -315,3 +315,47 @@ async fn idle_transactions_are_cancelled_both_ways() {
             >= 2
     );
 }
+
+#[tokio::test]
+async fn incoming_streams_per_session_are_capped() {
+    let limits = TxLimits::new(100, 2, Duration::from_secs(60), 100, 1 << 30);
+    let server = stream_echo(limits, Duration::from_secs(15)).await;
+    let mut peer = Peer::connect(server.addr, 1).await;
+    for tx_id in [1u32, 3, 5] {
+        peer.send(Body::TxStart {
+            ack: 10 + tx_id,
+            tx_id,
+            size: -1,
+            behaviour: Behaviour::Push,
+            name: format!("open{tx_id}"),
+        })
+        .await;
+    }
+    // The first two are echoed (their echoes start); the third is refused.
+    let (mut refused, mut cancelled) = (false, false);
+    while !(refused && cancelled) {
+        match peer.next().await {
+            Body::Error { message, .. } => {
+                assert!(message.contains("transaction 5"), "{message}");
+                assert!(
+                    message.contains("limits.max_incoming_transactions"),
+                    "{message}"
+                );
+                refused = true;
+            }
+            Body::TxCancel { tx_id, .. } => {
+                assert_eq!(tx_id, 5);
+                cancelled = true;
+            }
+            Body::TxStart { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        server
+            .server
+            .metrics()
+            .limit_hits("max_incoming_transactions"),
+        1
+    );
+}

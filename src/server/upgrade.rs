@@ -131,7 +131,7 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<By
 /// (`limits.max_request_head_bytes`): beyond, 414 if the request line
 /// alone is longer (a huge query, a 1 MB token), 431 otherwise (huge
 /// headers). Returns the bytes read, which may include the start of the
-/// WebSocket stream after the head. Memory: at most `max` plus one read.
+/// WebSocket stream after the head. Memory: at most about twice `max`.
 pub(crate) async fn read_head_max<S: AsyncRead + Unpin>(
     stream: &mut S,
     max: usize,

@@ -541,9 +541,8 @@ where
                         );
                     }
                     heard_since_tick = false;
-                    if !rx_paused {
-                        self.tx.expire_idle(&mut self.acks, Instant::now().into_std());
-                    }
+                    let now = Instant::now().into_std();
+                    self.tx.expire_idle(&mut self.acks, now, !rx_paused);
                     if self.role == Role::Server {
                         self.push(Body::Ping(PingPong::Ping), Class::Control);
                     }

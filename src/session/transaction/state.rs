@@ -204,9 +204,21 @@ impl Transactions {
     /// Cancels incoming transactions idle for longer than the limit while
     /// owed data by the peer (a PUSH stream, a PULL stream with a fetch
     /// outstanding): ERROR naming the limit and TX_CANCEL to the peer, an
-    /// error to the reader. The session calls it at every heartbeat tick
-    /// while it is reading its socket.
-    pub(crate) fn expire_idle(&mut self, acks: &mut AckTracker, now: std::time::Instant) {
+    /// error to the reader. The session calls it at every heartbeat tick;
+    /// while it is not `reading` its socket (its own readers or application
+    /// behind) the peer's silence is ours, and the clocks restart instead.
+    pub(crate) fn expire_idle(
+        &mut self,
+        acks: &mut AckTracker,
+        now: std::time::Instant,
+        reading: bool,
+    ) {
+        if !reading {
+            for inc in self.incoming.values_mut() {
+                inc.last_heard = now;
+            }
+            return;
+        }
         let idle = self.limits.idle_timeout;
         let expired: Vec<u32> = self
             .incoming

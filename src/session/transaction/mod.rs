@@ -107,10 +107,12 @@ pub struct TxLimits {
     pub max_incoming: usize,
     /// A transaction waiting on the peer this long is cancelled
     /// (`limits.transaction_idle_timeout_ms`, default 60 s): an outgoing
-    /// PULL stream that gets no TX_FETCH, an incoming stream that gets no
-    /// chunk while it is owed one (a PUSH stream; a PULL stream with a
-    /// fetch outstanding). The peer gets an ERROR frame naming the limit
-    /// and a TX_CANCEL.
+    /// PULL stream that gets no TX_FETCH (counted by its sender task,
+    /// also while the session pauses reading), an incoming stream that gets
+    /// no chunk while it is owed one (a PUSH stream; a PULL stream with a
+    /// fetch outstanding; checked at heartbeat ticks, its clock restarting
+    /// while the session does not read). The peer gets an ERROR frame
+    /// naming the limit and a TX_CANCEL.
     pub idle_timeout: Duration,
     /// Spooled temporary files and their bytes, server-wide.
     pub spool: Arc<SpoolBudget>,

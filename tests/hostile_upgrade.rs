@@ -290,3 +290,111 @@ async fn churn_of_failing_and_closing_connections_leaves_no_place_held() {
         s.close("done");
     }
 }
+
+/// Open descriptors of process `pid`.
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Resident memory of process `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn churn_on_the_binary_leaves_no_descriptor_or_memory_behind() {
+    let args = [
+        "--bind",
+        "127.0.0.1:0",
+        "--no-admin",
+        "--token",
+        TOKEN,
+        "--log",
+        "warn",
+    ];
+    let spawned = crate::common::spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &args).await;
+    let pid = spawned.child.id().unwrap();
+    let url = spawned.url.clone();
+    let addr: SocketAddr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    // Warm up (runtime threads, allocator arenas), then the baseline.
+    for sid in 0..32 {
+        let (s, mut e) = Client::new(url.as_str(), TOKEN)
+            .sid(sid)
+            .connect()
+            .await
+            .unwrap();
+        s.send_utf8("warm").acked().await.unwrap();
+        s.close("bye");
+        let _ = e.closed().await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (fds_before, rss_before) = (descriptors(pid), rss_kib(pid));
+
+    // 200 connections a second for 5 s, ending in every way.
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1000u64 {
+        tick.tick().await;
+        let url = url.clone();
+        tasks.spawn(async move {
+            match i % 5 {
+                0 => {
+                    if let Ok((s, mut e)) = Client::new(url, TOKEN).sid(1000 + i).connect().await {
+                        let _ = s.send_utf8("x".repeat(1000)).acked().await;
+                        s.close("bye");
+                        let _ = e.closed().await;
+                    }
+                }
+                1 => {
+                    let _ = Client::new(url, "wrong").sid(1000 + i).connect().await;
+                }
+                2 => {
+                    let _ = exchange(addr, b"NONSENSE\r\n\r\n").await;
+                }
+                3 => {
+                    let mut tcp = TcpStream::connect(addr).await.unwrap();
+                    let _ = tcp.write_all(b"GET /?authorization=Bea").await;
+                }
+                _ => {
+                    let junk = format!("X-Junk: {}\r\n", "j".repeat(1000)).repeat(64);
+                    let _ = exchange(addr, request("a=1", &junk).as_bytes()).await;
+                }
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+
+    // Every descriptor is closed again once the server noticed the ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while descriptors(pid) > fds_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} descriptors after the churn, {fds_before} before",
+            descriptors(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss_after = rss_kib(pid);
+    eprintln!(
+        "churn: descriptors {fds_before} -> {}, RSS {rss_before} KiB -> {rss_after} KiB",
+        descriptors(pid)
+    );
+    // Allocator caches may keep some memory, not a share per connection
+    // (1000 connections at even 16 KiB each would be 16 MiB).
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "RSS {rss_before} KiB -> {rss_after} KiB"
+    );
+}

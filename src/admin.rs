@@ -106,6 +106,17 @@ impl AdminReport for PluginDir {
             "counter",
             per_plugin(|p| p.output_dropped_bytes),
         );
+        let polling = matches!(
+            self.watch_mode(),
+            Some(crate::extension::wasm::WatchMode::Polling { .. })
+        );
+        family(
+            &mut o,
+            "camp_plugin_watch_polling",
+            "1 when the plugin folder could not be watched and is polled (plugin_poll_ms).",
+            "gauge",
+            [(String::new(), u64::from(polling))],
+        );
         o
     }
 }
@@ -145,7 +156,7 @@ pub async fn serve(
 async fn handle(mut stream: TcpStream, server: &Server, report: Option<&dyn AdminReport>) {
     let head = {
         let mut reader = BufReader::new(&mut stream);
-        match crate::server::read_request_head(&mut reader).await {
+        match crate::transport::read_head(&mut reader).await {
             Ok(head) => head,
             Err(_) => return,
         }
@@ -270,6 +281,15 @@ pub fn render_metrics(server: &Server, report: Option<&dyn AdminReport>) -> Stri
             Metrics::bytes_out,
         ),
     ];
+    family(
+        &mut o,
+        "camp_limits_hit_total",
+        "Limits reached inside sessions, by config key (upgrade refusals: camp_upgrades_refused_total).",
+        "counter",
+        m.limit_hit_counts()
+            .iter()
+            .map(|(l, n)| (format!("limit=\"{l}\""), *n)),
+    );
     for (name, help, count) in per_type {
         let samples = FrameType::ALL.map(|ty| (format!("type=\"{}\"", ty.name()), count(m, ty)));
         family(&mut o, name, help, "counter", samples);

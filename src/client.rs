@@ -12,10 +12,12 @@
 //! # Ok(()) }
 //! ```
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
@@ -30,7 +32,7 @@ use crate::session::{
     Backpressure, CloseInfo, Role, Session, SessionConfig, SessionEvents, Setup, open,
 };
 pub use crate::tls::{ClientTls, TlsError};
-use crate::transport::{Dialled, SUBPROTOCOL, ws_config};
+use crate::transport::{Dialled, Prefixed, SUBPROTOCOL, read_head, ws_config};
 
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +180,7 @@ impl Client {
                 // offsets) is accepted and counted, as a server accepts it
                 // from the reference clients.
                 strict: false,
+                tx_limits: Default::default(),
             },
             filter: Arc::new(self.pipeline.clone()),
             // Without a server's shutdown signal, one that never fires (its
@@ -215,20 +218,9 @@ impl Client {
         } else {
             Dialled::Plain(tcp)
         };
-        let (ws, _) =
-            tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
-                .await
-                .map_err(|e| match e {
-                    WsError::Http(response) => ClientError::Refused {
-                        status: response.status().as_u16(),
-                        body: response
-                            .body()
-                            .as_deref()
-                            .map(|b| String::from_utf8_lossy(b).trim().to_string())
-                            .unwrap_or_default(),
-                    },
-                    other => ClientError::WebSocket(Box::new(other)),
-                })?;
+        // Not tungstenite's client handshake: it traces the request, whose
+        // query carries the token.
+        let ws = client_upgrade(stream, &request, ws_config()).await?;
         Ok(Dial { ws, sid, remote })
     }
 }
@@ -236,11 +228,140 @@ impl Client {
 /// An upgraded connection on which a client session is about to start.
 pub(crate) struct Dial {
     /// The WebSocket.
-    pub(crate) ws: WebSocketStream<Dialled>,
+    pub(crate) ws: WebSocketStream<Prefixed<Dialled>>,
     /// The session id asked for.
     pub(crate) sid: u64,
     /// The server's address.
     pub(crate) remote: Option<SocketAddr>,
+}
+
+/// Largest refusal body a client keeps (the rest is not read).
+const MAX_REFUSAL_BODY: usize = 64 * 1024;
+
+/// The client side of the WebSocket upgrade: writes `request` (built by
+/// `IntoClientRequest`, so its key and headers are tungstenite's), reads
+/// and checks the response, and returns the WebSocket. A response other
+/// than 101 is [`ClientError::Refused`] with its body (at most 64 KiB).
+/// Nothing of the request is logged: its query carries the token.
+pub(crate) async fn client_upgrade<S>(
+    mut stream: S,
+    request: &tokio_tungstenite::tungstenite::handshake::client::Request,
+    config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+) -> Result<WebSocketStream<Prefixed<S>>, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::error::{
+        Error as WsError, ProtocolError, SubProtocolError,
+    };
+    let protocol = |e: ProtocolError| ClientError::WebSocket(Box::new(WsError::Protocol(e)));
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut head = format!("GET {path} HTTP/1.1\r\n");
+    for (name, value) in request.headers() {
+        let value = value
+            .to_str()
+            .map_err(|_| protocol(ProtocolError::InvalidHeader(Box::new(name.clone()))))?;
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    // A server refusing a huge request may answer and close before it was
+    // all written: its answer is still read.
+    let written = match stream.write_all(head.as_bytes()).await {
+        Ok(()) => stream.flush().await,
+        Err(e) => Err(e),
+    };
+    drop(head);
+    let key = request
+        .headers()
+        .get("Sec-WebSocket-Key")
+        .ok_or_else(|| protocol(ProtocolError::MissingSecWebSocketKey))?
+        .as_bytes()
+        .to_vec();
+    let offered = request.headers().contains_key("Sec-WebSocket-Protocol");
+
+    let response = match (read_head(&mut stream).await, written) {
+        (Ok(response), _) => response,
+        (Err(_), Err(e)) => return Err(ClientError::Io(e)),
+        (Err(r), Ok(())) if r.status == 414 || r.status == 431 => {
+            return Err(protocol(ProtocolError::HttparseError(
+                httparse::Error::TooManyHeaders,
+            )));
+        }
+        (Err(r), Ok(())) => {
+            return Err(ClientError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                r.body,
+            )));
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let head_len = match parsed.parse(&response) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err(protocol(ProtocolError::HandshakeIncomplete)),
+        Err(e) => return Err(protocol(ProtocolError::HttparseError(e))),
+    };
+    let header = |name: &str| {
+        parsed
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let status = parsed.code.unwrap_or(0);
+    if status != 101 {
+        let length = header("content-length")
+            .and_then(|l| l.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(MAX_REFUSAL_BODY);
+        let mut body = response[head_len..].to_vec();
+        body.truncate(length);
+        while body.len() < length {
+            let mut more = vec![0; length - body.len()];
+            match stream.read(&mut more).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&more[..n]),
+            }
+        }
+        return Err(ClientError::Refused {
+            status,
+            body: String::from_utf8_lossy(&body).trim().to_string(),
+        });
+    }
+    let has = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has("upgrade", "websocket") {
+        return Err(protocol(ProtocolError::MissingUpgradeWebSocketHeader));
+    }
+    if !has("connection", "upgrade") {
+        return Err(protocol(ProtocolError::MissingConnectionUpgradeHeader));
+    }
+    let expected = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    if header("sec-websocket-accept").as_deref().map(str::trim) != Some(expected.as_str()) {
+        return Err(protocol(ProtocolError::SecWebSocketAcceptKeyMismatch));
+    }
+    match header("sec-websocket-protocol") {
+        Some(p) if !offered => {
+            let _ = p;
+            return Err(protocol(ProtocolError::SecWebSocketSubProtocolError(
+                SubProtocolError::ServerSentSubProtocolNoneRequested,
+            )));
+        }
+        Some(p) if p.trim() != SUBPROTOCOL => {
+            return Err(protocol(ProtocolError::SecWebSocketSubProtocolError(
+                SubProtocolError::InvalidSubProtocol,
+            )));
+        }
+        _ => {}
+    }
+    let rest = response.slice(head_len..);
+    Ok(tokio_tungstenite::WebSocketStream::from_raw_socket(
+        Prefixed::new(rest, stream),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        Some(config),
+    )
+    .await)
 }
 
 /// A random session id from the standard library's randomly seeded hasher.

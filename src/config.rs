@@ -19,6 +19,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::extension::wasm::PluginConfig;
+use crate::server::UpgradeLimits;
+use crate::session::transaction::TxLimits;
 use crate::session::{Backpressure, DropPolicy};
 
 /// Why a configuration was refused. Each names the key and the reason.
@@ -64,6 +66,10 @@ pub struct Config {
     pub tokens: Option<Vec<String>>,
     /// A file with one accepted token per line.
     pub token_file: Option<PathBuf>,
+    /// A WebAssembly plugin of the `token-validator` world
+    /// (`wit/auth/camp-auth.wit`, settings from the `.toml` beside it): a token
+    /// it accepts is admitted too; with it, `tokens` may be empty.
+    pub token_plugin: Option<PathBuf>,
     /// Heartbeat interval in milliseconds (default 15000).
     pub keep_alive_ms: Option<u64>,
     /// Refuse what the reference server tolerates from its clients
@@ -76,6 +82,9 @@ pub struct Config {
     /// Where compiled plugins are cached across restarts (memory only when
     /// unset). Must be private to the server: it holds native code.
     pub plugin_cache: Option<PathBuf>,
+    /// How often the plugin folder is scanned when it cannot be watched
+    /// (inotify limit reached and the like): default 1000 ms.
+    pub plugin_poll_ms: Option<u64>,
     /// `[plugin_defaults]`: settings for plugins whose `NAME.toml` does not
     /// set them (same keys as `NAME.toml`: `failure_policy`, `deadline_ms`,
     /// `memory_limit_bytes`, `max_instances`, …).
@@ -86,6 +95,92 @@ pub struct Config {
     pub backpressure: Option<BackpressureConfig>,
     /// The admin listener (metrics, health, admin view).
     pub admin: Option<AdminConfig>,
+    /// `[limits]`: limits against hostile clients (see SECURITY.md).
+    pub limits: Option<LimitsConfig>,
+}
+
+/// `[limits]`: every limit against hostile clients; unset keys keep their
+/// defaults (see `UpgradeLimits` and `TxLimits`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Time for the TLS handshake and the upgrade request (default 10000).
+    pub upgrade_timeout_ms: Option<u64>,
+    /// Connections held at once (default 16384).
+    pub max_connections: Option<usize>,
+    /// Connections held at once from one IP address (default 1024).
+    pub max_connections_per_ip: Option<usize>,
+    /// Largest upgrade request head in bytes (default 16384).
+    pub max_request_head_bytes: Option<usize>,
+    /// Most query parameters in the upgrade URL (default 64).
+    pub max_query_params: Option<usize>,
+    /// Streams a session sends at once (default 64).
+    pub max_outgoing_transactions: Option<usize>,
+    /// Streams a peer sends a session at once (default 1024).
+    pub max_incoming_transactions: Option<usize>,
+    /// A transaction waiting on the peer this long is cancelled (default
+    /// 60000).
+    pub transaction_idle_timeout_ms: Option<u64>,
+    /// Spooled temporary files (outgoing PULL streams from unseekable
+    /// sources) open at once, server-wide (default 256).
+    pub max_spool_files: Option<usize>,
+    /// Bytes in spooled temporary files, server-wide (default 1 GiB).
+    pub max_spooled_bytes: Option<u64>,
+}
+
+impl LimitsConfig {
+    fn or(self, file: LimitsConfig) -> LimitsConfig {
+        LimitsConfig {
+            upgrade_timeout_ms: self.upgrade_timeout_ms.or(file.upgrade_timeout_ms),
+            max_connections: self.max_connections.or(file.max_connections),
+            max_connections_per_ip: self.max_connections_per_ip.or(file.max_connections_per_ip),
+            max_request_head_bytes: self.max_request_head_bytes.or(file.max_request_head_bytes),
+            max_query_params: self.max_query_params.or(file.max_query_params),
+            max_outgoing_transactions: self
+                .max_outgoing_transactions
+                .or(file.max_outgoing_transactions),
+            max_incoming_transactions: self
+                .max_incoming_transactions
+                .or(file.max_incoming_transactions),
+            transaction_idle_timeout_ms: self
+                .transaction_idle_timeout_ms
+                .or(file.transaction_idle_timeout_ms),
+            max_spool_files: self.max_spool_files.or(file.max_spool_files),
+            max_spooled_bytes: self.max_spooled_bytes.or(file.max_spooled_bytes),
+        }
+    }
+
+    /// The limits, defaults for unset keys, checked.
+    fn resolve(self) -> Result<(UpgradeLimits, TxLimits), ConfigError> {
+        let up = UpgradeLimits::default();
+        let upgrade = UpgradeLimits {
+            request_timeout: self
+                .upgrade_timeout_ms
+                .map_or(up.request_timeout, Duration::from_millis),
+            max_connections: self.max_connections.unwrap_or(up.max_connections),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(up.max_connections_per_ip),
+            max_request_head_bytes: self
+                .max_request_head_bytes
+                .unwrap_or(up.max_request_head_bytes),
+            max_query_params: self.max_query_params.unwrap_or(up.max_query_params),
+        };
+        upgrade
+            .validate()
+            .map_err(|reason| invalid("limits", reason))?;
+        let tx = TxLimits::default();
+        let tx = TxLimits::new(
+            self.max_outgoing_transactions.unwrap_or(tx.max_outgoing),
+            self.max_incoming_transactions.unwrap_or(tx.max_incoming),
+            self.transaction_idle_timeout_ms
+                .map_or(tx.idle_timeout, Duration::from_millis),
+            self.max_spool_files.unwrap_or(tx.spool.max_files()),
+            self.max_spooled_bytes.unwrap_or(tx.spool.max_bytes()),
+        );
+        tx.validate().map_err(|reason| invalid("limits", reason))?;
+        Ok((upgrade, tx))
+    }
 }
 
 /// `[tls]`: PEM files for `wss://`.
@@ -131,8 +226,10 @@ pub struct AdminConfig {
 pub struct Settings {
     /// CAMP listener address.
     pub bind: SocketAddr,
-    /// Accepted tokens (never empty).
+    /// Accepted tokens (empty only with a token plugin).
     pub tokens: Vec<String>,
+    /// The token-validating plugin, if any.
+    pub token_plugin: Option<PathBuf>,
     /// Heartbeat interval.
     pub keep_alive: Duration,
     /// Strict protocol checks.
@@ -143,6 +240,8 @@ pub struct Settings {
     pub plugins: Option<PathBuf>,
     /// Cache folder for compiled plugins, if any.
     pub plugin_cache: Option<PathBuf>,
+    /// Scan interval of a plugin folder that cannot be watched.
+    pub plugin_poll: Duration,
     /// Settings of plugins that their own file does not set.
     pub plugin_defaults: PluginConfig,
     /// TLS certificate and key files, if TLS is on.
@@ -151,6 +250,10 @@ pub struct Settings {
     pub backpressure: Backpressure,
     /// Admin listener address, if on.
     pub admin: Option<SocketAddr>,
+    /// Limits before a connection is a session.
+    pub upgrade_limits: UpgradeLimits,
+    /// Transaction limits of every session.
+    pub tx_limits: TxLimits,
 }
 
 impl Config {
@@ -198,15 +301,22 @@ impl Config {
             }),
             (f, o) => o.or(f),
         };
+        let limits = match (self.limits, flags.limits) {
+            (Some(f), Some(o)) => Some(o.or(f)),
+            (f, o) => o.or(f),
+        };
         Config {
+            limits,
             bind: flags.bind.or(self.bind),
             tokens: flags.tokens.filter(|t| !t.is_empty()).or(self.tokens),
             token_file: flags.token_file.or(self.token_file),
+            token_plugin: flags.token_plugin.or(self.token_plugin),
             keep_alive_ms: flags.keep_alive_ms.or(self.keep_alive_ms),
             strict: flags.strict.or(self.strict),
             log: flags.log.or(self.log),
             plugins: flags.plugins.or(self.plugins),
             plugin_cache: flags.plugin_cache.or(self.plugin_cache),
+            plugin_poll_ms: flags.plugin_poll_ms.or(self.plugin_poll_ms),
             plugin_defaults: match (self.plugin_defaults, flags.plugin_defaults) {
                 (Some(mut f), Some(o)) => {
                     f.extend(o);
@@ -239,10 +349,18 @@ impl Config {
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
             .collect();
-        if tokens.is_empty() {
+        if tokens.is_empty() && self.token_plugin.is_none() {
             return Err(invalid(
                 "tokens",
-                "no token configured: pass --token, CAMP_TOKENS, --token-file or `tokens` in the config file",
+                "no token configured: pass --token, CAMP_TOKENS, --token-file, --token-plugin or `tokens` in the config file",
+            ));
+        }
+        if let Some(p) = &self.token_plugin
+            && !p.is_file()
+        {
+            return Err(invalid(
+                "token_plugin",
+                format!("{} is not a file", p.display()),
             ));
         }
         if tokens.iter().any(|t| t.chars().any(char::is_whitespace)) {
@@ -253,6 +371,15 @@ impl Config {
             return Err(invalid(
                 "keep_alive_ms",
                 format!("{keep_alive_ms} is outside 100..=3600000"),
+            ));
+        }
+        let plugin_poll_ms = self
+            .plugin_poll_ms
+            .unwrap_or(crate::extension::wasm::DEFAULT_POLL_INTERVAL.as_millis() as u64);
+        if !(10..=3_600_000).contains(&plugin_poll_ms) {
+            return Err(invalid(
+                "plugin_poll_ms",
+                format!("{plugin_poll_ms} is outside 10..=3600000"),
             ));
         }
         let tls = match self.tls {
@@ -313,7 +440,11 @@ impl Config {
             )
             .map_err(|e| invalid("plugin_defaults", e.to_string()))?,
         };
+        let (upgrade_limits, tx_limits) = self.limits.unwrap_or_default().resolve()?;
         Ok(Settings {
+            token_plugin: self.token_plugin,
+            upgrade_limits,
+            tx_limits,
             bind: self
                 .bind
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -323,6 +454,7 @@ impl Config {
             log: self.log.unwrap_or_else(|| "info".into()),
             plugins: self.plugins,
             plugin_cache: self.plugin_cache,
+            plugin_poll: Duration::from_millis(plugin_poll_ms),
             plugin_defaults,
             tls,
             backpressure,
@@ -353,6 +485,7 @@ mod tests {
         assert_eq!(s.backpressure, Backpressure::default());
         assert_eq!(s.admin.unwrap().to_string(), "127.0.0.1:9090");
         assert!(s.tls.is_none() && s.plugins.is_none());
+        assert_eq!(s.upgrade_limits, UpgradeLimits::default());
     }
 
     #[test]
@@ -363,6 +496,7 @@ mod tests {
             keep_alive_ms = 2000
             log = "debug"
             plugin_cache = "cache"
+            plugin_poll_ms = 250
             [tls]
             cert = "c.pem"
             key = "k.pem"
@@ -375,6 +509,17 @@ mod tests {
             [plugin_defaults]
             deadline_ms = 7
             failure_policy = "fail-open"
+            [limits]
+            upgrade_timeout_ms = 500
+            max_connections = 10
+            max_connections_per_ip = 3
+            max_request_head_bytes = 4096
+            max_query_params = 8
+            max_outgoing_transactions = 5
+            max_incoming_transactions = 6
+            transaction_idle_timeout_ms = 700
+            max_spool_files = 7
+            max_spooled_bytes = 8192
         "#;
         let s = Config::parse(text).unwrap().resolve().unwrap();
         assert_eq!(s.bind.port(), 9000);
@@ -391,6 +536,29 @@ mod tests {
         assert_eq!(s.backpressure.drop_policy, DropPolicy::DropNewest);
         assert_eq!(s.admin.unwrap().port(), 9999);
         assert_eq!(s.plugin_cache, Some(PathBuf::from("cache")));
+        assert_eq!(s.plugin_poll, Duration::from_millis(250));
+        let up = s.upgrade_limits;
+        assert_eq!(
+            (
+                up.request_timeout,
+                up.max_connections,
+                up.max_connections_per_ip,
+                up.max_request_head_bytes,
+                up.max_query_params
+            ),
+            (Duration::from_millis(500), 10, 3, 4096, 8)
+        );
+        let tx = &s.tx_limits;
+        assert_eq!(
+            (
+                tx.max_outgoing,
+                tx.max_incoming,
+                tx.idle_timeout,
+                tx.spool.max_files(),
+                tx.spool.max_bytes()
+            ),
+            (5, 6, Duration::from_millis(700), 7, 8192)
+        );
         assert_eq!(s.plugin_defaults.deadline_ms, 7);
         assert_eq!(
             s.plugin_defaults.failure_policy,
@@ -455,6 +623,22 @@ mod tests {
             e.contains("`plugin_defaults`") && e.contains("speed"),
             "{e}"
         );
+        let e = err("tokens = [\"a\"]\n[limits]\nmax_connections = 0");
+        assert!(
+            e.contains("`limits`") && e.contains("max_connections"),
+            "{e}"
+        );
+        let e = err("tokens = [\"a\"]\n[limits]\nmax_spool_files = 0");
+        assert!(
+            e.contains("`limits`") && e.contains("max_spool_files"),
+            "{e}"
+        );
+        let e = err("tokens = [\"a\"]\n[limits]\nmax_conections = 1");
+        assert!(e.contains("max_conections"), "{e}");
+        let e = err("tokens = [\"a\"]\nplugin_poll_ms = 1");
+        assert!(e.contains("`plugin_poll_ms`"), "{e}");
+        let e = err("token_plugin = \"/definitely/not/here.wasm\"");
+        assert!(e.contains("`token_plugin`"), "{e}");
         let e = err("token_file = \"/definitely/not/here\"");
         assert!(e.contains("`token_file`"), "{e}");
     }

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use camp_server::config::{AdminConfig, BackpressureConfig, Config, TlsConfig as TlsFiles};
-use camp_server::extension::wasm::{DirOptions, HostOptions, PluginHost};
+use camp_server::config::{
+    AdminConfig, BackpressureConfig, Config, LimitsConfig, TlsConfig as TlsFiles,
+};
+use camp_server::extension::wasm::{DirOptions, HostOptions, PluginHost, TokenPlugin, WatchMode};
 use camp_server::extension::{Message, Pipeline};
-use camp_server::server::Server;
+use camp_server::server::{Server, TokenList};
 use camp_server::session::{Session, SessionEvent, SessionEvents};
 use camp_server::tls::TlsConfig;
 use clap::Parser;
@@ -42,6 +44,11 @@ struct Args {
     /// starting with # are ignored).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// A WebAssembly token-validating plugin (`wit/auth/camp-auth.wit`, settings
+    /// in the `.toml` beside it): tokens it accepts are admitted too; with
+    /// it, --token may be left out.
+    #[arg(long)]
+    token_plugin: Option<PathBuf>,
     /// Heartbeat interval in milliseconds [default: 15000].
     #[arg(long)]
     keep_alive_ms: Option<u64>,
@@ -65,6 +72,11 @@ struct Args {
     /// loaded in file-name order and hot-reloaded while the server runs.
     #[arg(long)]
     plugins: Option<PathBuf>,
+    /// Scan interval in milliseconds of a plugin folder that cannot be
+    /// watched (inotify limit reached): hot reload goes on by polling
+    /// [default: 1000].
+    #[arg(long)]
+    plugin_poll_ms: Option<u64>,
     /// Folder where compiled plugins are cached across restarts.
     #[arg(long)]
     plugin_cache: Option<PathBuf>,
@@ -74,6 +86,14 @@ struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Connections held at once, sessions and upgrades in progress; above
+    /// it upgrades get 503 [default: 16384] (also `[limits]` in the file).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Connections held at once from one IP address; above it upgrades get
+    /// 429 [default: 1024].
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
     /// Log filter (RUST_LOG syntax) [default: info]; RUST_LOG wins when set.
     #[arg(long)]
     log: Option<String>,
@@ -86,11 +106,13 @@ impl Args {
             bind: self.bind,
             tokens: Some(self.tokens.clone()).filter(|t| !t.is_empty()),
             token_file: self.token_file.clone(),
+            token_plugin: self.token_plugin.clone(),
             keep_alive_ms: self.keep_alive_ms,
             strict: self.strict.then_some(true),
             log: self.log.clone(),
             plugins: self.plugins.clone(),
             plugin_cache: self.plugin_cache.clone(),
+            plugin_poll_ms: self.plugin_poll_ms,
             plugin_defaults: None,
             tls: self.tls_cert.clone().map(|cert| TlsFiles {
                 cert: Some(cert),
@@ -103,6 +125,13 @@ impl Args {
                     profile: Some(p),
                     ..BackpressureConfig::default()
                 }),
+            limits: (self.max_connections.is_some() || self.max_connections_per_ip.is_some()).then(
+                || LimitsConfig {
+                    max_connections: self.max_connections,
+                    max_connections_per_ip: self.max_connections_per_ip,
+                    ..LimitsConfig::default()
+                },
+            ),
             admin: (self.admin_bind.is_some() || self.no_admin).then(|| AdminConfig {
                 bind: self.admin_bind,
                 enabled: self.no_admin.then_some(false),
@@ -119,8 +148,9 @@ async fn main() -> anyhow::Result<()> {
         None => Config::default(),
     };
     let settings = file.overridden_by(args.as_config()).resolve()?;
-    // tungstenite's client handshake traces the whole request, whose query
-    // carries the bearer token (peers dial with one): never let it through.
+    // The library's clients no longer use tungstenite's client handshake
+    // (which traces the whole request, token included); the directive stays
+    // as a second guard for any other dialer linked in.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log))
         .add_directive(
@@ -144,17 +174,44 @@ async fn main() -> anyhow::Result<()> {
     // With a plugin folder, sessions are refused (503) until its plugins
     // are loaded, while the listeners, the admin view and /readyz are up
     // at once.
+    let dir_options = DirOptions {
+        poll_interval: settings.plugin_poll,
+        ..DirOptions::default()
+    };
     let plugins = settings
         .plugins
         .as_ref()
-        .map(|dir| Arc::new(host.plugin_dir(dir.clone(), pipeline.clone(), DirOptions::default())));
+        .map(|dir| Arc::new(host.plugin_dir(dir.clone(), pipeline.clone(), dir_options.clone())));
 
-    let mut builder = Server::builder()
-        .pipeline(pipeline)
-        .tokens(settings.tokens.clone())
+    let token_plugin = match &settings.token_plugin {
+        Some(wasm) => Some(
+            TokenPlugin::load_file(&host, wasm)
+                .await
+                .with_context(|| format!("token_plugin {}", wasm.display()))?,
+        ),
+        None => None,
+    };
+    let mut builder = Server::builder().pipeline(pipeline);
+    builder = match token_plugin {
+        None => builder.tokens(settings.tokens.clone()),
+        Some(plugin) => {
+            tracing::info!(
+                plugin = plugin.name(),
+                "tokens are also validated by a plugin"
+            );
+            let list = Arc::new(TokenList::new(settings.tokens.clone()));
+            builder.validator(move |token| {
+                let (list, plugin) = (list.clone(), plugin.clone());
+                async move { list.contains(&token) || plugin.admits(token).await }
+            })
+        }
+    };
+    let mut builder = builder
         .keep_alive(settings.keep_alive)
         .strict(settings.strict)
         .backpressure(settings.backpressure)
+        .upgrade_limits(settings.upgrade_limits)
+        .transaction_limits(settings.tx_limits.clone())
         .ready(plugins.is_none());
     let scheme = match &settings.tls {
         Some((cert, key)) => {
@@ -213,15 +270,22 @@ async fn main() -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let loading = plugins.clone();
         let report = tokio::task::spawn_blocking(move || loading.load_initial()).await?;
+        let how = match plugins.watch() {
+            Ok(WatchMode::Events) => Ok("watching the folder for changes"),
+            // The warning naming the folder and the cause is logged.
+            Ok(WatchMode::Polling { .. }) => Ok("polling the folder for changes"),
+            Err(e) => Err(e),
+        };
         tracing::info!(
             dir = %dir.display(),
             loaded = ?report.loaded,
             failed = ?report.failed,
             ms = started.elapsed().as_millis() as u64,
-            "plugins loaded; serving sessions and watching the folder for changes"
+            "plugins loaded; serving sessions and {}",
+            how.as_ref().map_or("stopping", |h| h)
         );
-        match plugins.watch() {
-            Ok(()) => server.set_ready(),
+        match how {
+            Ok(_) => server.set_ready(),
             Err(e) => {
                 failed = Some(e);
                 let _ = abort.send(());

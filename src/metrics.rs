@@ -172,6 +172,8 @@ pub struct Metrics {
     queue_drops: [AtomicU64; 3],
     /// Tolerated protocol deviations, by [`Tolerated`] kind.
     tolerated: [AtomicU64; 4],
+    /// Limits reached inside sessions, by config key.
+    limits_hit: Mutex<Vec<(&'static str, u64)>>,
 }
 
 impl Default for Metrics {
@@ -189,6 +191,7 @@ impl Default for Metrics {
             ack_timeouts: AtomicU64::new(0),
             queue_drops: Default::default(),
             tolerated: Default::default(),
+            limits_hit: Mutex::new(Vec::new()),
         }
     }
 }
@@ -257,6 +260,21 @@ impl Metrics {
         }
     }
 
+    /// Counts a limit reached inside a session (`limit`: its config key).
+    pub fn limit_hit(&self, limit: &'static str) {
+        let mut r = self.limits_hit.lock().unwrap_or_else(|e| e.into_inner());
+        match r.iter_mut().find(|(k, _)| *k == limit) {
+            Some((_, n)) => *n += 1,
+            None => r.push((limit, 1)),
+        }
+    }
+
+    /// Times `limit` was reached.
+    pub fn limit_hits(&self, limit: &str) -> u64 {
+        let r = self.limits_hit.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter().find(|(k, _)| *k == limit).map_or(0, |(_, n)| *n)
+    }
+
     /// Counts one tolerated deviation.
     pub fn tolerated(&self, kind: Tolerated) {
         self.tolerated[kind as usize].fetch_add(1, Ordering::Relaxed);
@@ -270,6 +288,14 @@ impl Metrics {
     /// Refusals so far, by reason.
     pub fn refusal_counts(&self) -> Vec<(&'static str, u64)> {
         self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Limits reached inside sessions so far, by config key.
+    pub fn limit_hit_counts(&self) -> Vec<(&'static str, u64)> {
+        self.limits_hit
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

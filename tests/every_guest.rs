@@ -92,6 +92,99 @@ fn table_hog() {
     );
 }
 
+/// The token-validating example (`wit/auth/camp-auth.wit`): a server admits
+/// exactly the tokens the plugin accepts, on real sockets; a configuration
+/// it refuses fails the load, a guest of another world is not one.
+#[tokio::test]
+async fn token_check() {
+    use camp_server::client::{Client, ClientError};
+    use camp_server::extension::wasm::{TokenPlugin, TokenPluginError};
+    use camp_server::server::Server;
+
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("token-check.wasm");
+    std::fs::copy(camp_artifacts::TOKEN_CHECK, &wasm).unwrap();
+    std::fs::write(
+        wasm.with_extension("toml"),
+        "config = '{\"tokens\": [\"alpha\", \"beta\"], \"prefix\": \"svc-\"}'\ndeadline_ms = 1000\n",
+    )
+    .unwrap();
+    let tokens = TokenPlugin::load_file(&host(), &wasm).await.unwrap();
+    assert_eq!(tokens.name(), "token-check");
+    for (token, accepted) in [
+        ("alpha", true),
+        ("beta", true),
+        ("svc-0123456789abcdef", true),
+        ("alph", false),
+        ("alphaa", false),
+        ("svc-short", false),
+        ("svc-not/alnum-chars", false),
+        ("", false),
+    ] {
+        assert_eq!(
+            tokens.validate(token.into()).await.unwrap(),
+            accepted,
+            "{token}"
+        );
+    }
+
+    let (server, _incoming) = Server::builder()
+        .validator(move |token| {
+            let tokens = tokens.clone();
+            async move { tokens.admits(token).await }
+        })
+        .build();
+    let server = crate::common::TestServer::start(server).await;
+    let (session, _events) = Client::new(server.url(), "svc-abcdefgh12345678")
+        .connect()
+        .await
+        .expect("a token the plugin accepts");
+    session.close("done");
+    match Client::new(server.url(), "gamma").connect().await {
+        Err(ClientError::Refused { status: 401, .. }) => {}
+        other => panic!("expected 401, got {other:?}"),
+    }
+
+    // The binary: --token-plugin admits what the plugin accepts and what
+    // --token lists; with only a plugin, no --token is needed.
+    for args in [vec![], vec!["--token", "listed"]] {
+        let wasm_arg = wasm.to_str().unwrap();
+        let mut all = vec![
+            "--bind",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--token-plugin",
+            wasm_arg,
+            "--log",
+            "warn",
+        ];
+        all.extend(&args);
+        let spawned =
+            crate::common::spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &all).await;
+        let (session, _events) = Client::new(&spawned.url, "beta").connect().await.unwrap();
+        session.close("done");
+        let listed = Client::new(&spawned.url, "listed").connect().await;
+        match (args.is_empty(), listed) {
+            (true, Err(ClientError::Refused { status: 401, .. })) => {}
+            (false, Ok((session, _))) => session.close("done"),
+            (_, other) => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    // A configuration the plugin refuses fails the load, naming it.
+    std::fs::write(wasm.with_extension("toml"), "config = '{}'\n").unwrap();
+    let err = TokenPlugin::load_file(&host(), &wasm).await.unwrap_err();
+    assert!(
+        matches!(&err, TokenPluginError::Config { message, .. } if message.contains("nothing would be accepted")),
+        "{err}"
+    );
+    // A message plugin is not a token plugin.
+    let err = TokenPlugin::load_file(&host(), std::path::Path::new(camp_artifacts::LOGGER))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TokenPluginError::Load { .. }), "{err}");
+}
+
 /// Fails to compile when a guest has no test of its name above.
 macro_rules! assert_test_exists {
     ($name:ident) => {

@@ -177,3 +177,31 @@ fn the_binary_refuses_a_mismatched_key_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("do not match"), "{stderr}");
 }
+
+#[tokio::test]
+async fn over_the_connection_limit_a_tls_connection_is_closed_and_counted() {
+    use camp_server::server::UpgradeLimits;
+    let (cert, key) = certificate();
+    let tls = TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+    let (server, _incoming) = Server::builder()
+        .tokens([TOKEN])
+        .tls(tls)
+        .upgrade_limits(UpgradeLimits {
+            max_connections_per_ip: 1,
+            ..UpgradeLimits::default()
+        })
+        .build();
+    let server = TestServer::start(server).await;
+    let roots = ClientTls::with_root_pem(cert.as_bytes()).unwrap();
+    let connect = || {
+        Client::new(server.wss_url(), TOKEN)
+            .tls(roots.clone())
+            .connect()
+    };
+    let (first, _events) = connect().await.expect("the first connection is admitted");
+    // Closed before the TLS handshake (answering would cost one).
+    let err = connect().await.unwrap_err();
+    assert!(matches!(err, ClientError::Io(_)), "{err}");
+    assert_eq!(server.server.metrics().refusals("ip_connection_limit"), 1);
+    first.close("done");
+}

@@ -51,4 +51,6 @@ pub mod close {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

@@ -18,13 +18,17 @@
 //! # Ok(()) }
 //! ```
 
+mod limits;
 mod registry;
+mod tokens;
 mod upgrade;
+#[cfg(test)]
+mod upgrade_proptests;
 
-pub(crate) use upgrade::read_head as read_request_head;
-pub use upgrade::{Refusal, SUBPROTOCOL};
+pub use limits::UpgradeLimits;
+pub use tokens::TokenList;
+pub use upgrade::{MAX_HEADERS, Refusal, SUBPROTOCOL};
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -44,20 +48,19 @@ use crate::client::{Client, ClientError};
 use crate::extension::Pipeline;
 use crate::metrics::{Metrics, Tolerated};
 use crate::protocol;
+use crate::session::transaction::TxLimits;
 use crate::session::{
     Backpressure, Driver, Filter, Role, Session, SessionConfig, SessionEvents, Setup, open,
 };
 use crate::tls::{ClientTls, TlsConfig};
 use crate::transport::ws_config;
+use limits::Permit;
 use registry::{Registry, Reservation};
 use upgrade::Prefixed;
 
 /// An async check of a bearer token: true admits the client.
 pub type Validator =
     Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
-
-/// How long a client has to send its upgrade request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long shutdown waits for sessions to say goodbye before it cuts them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,6 +81,10 @@ pub struct ServerBuilder {
     strict: bool,
     /// Serve upgrades from the start.
     ready: bool,
+    /// Limits before a connection is a session.
+    upgrade_limits: UpgradeLimits,
+    /// Transaction limits of every session.
+    tx_limits: TxLimits,
 }
 
 impl Default for ServerBuilder {
@@ -92,6 +99,8 @@ impl Default for ServerBuilder {
             peer_tls: None,
             strict: false,
             ready: true,
+            upgrade_limits: UpgradeLimits::default(),
+            tx_limits: TxLimits::default(),
         }
     }
 }
@@ -152,7 +161,8 @@ impl ServerBuilder {
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        let set: Arc<HashSet<String>> = Arc::new(tokens.into_iter().map(Into::into).collect());
+        // Compared in constant time (see `tokens::TokenList`).
+        let set = Arc::new(tokens::TokenList::new(tokens.into_iter().map(Into::into)));
         self.validator(move |token| {
             let ok = set.contains(&token);
             async move { ok }
@@ -190,6 +200,7 @@ impl ServerBuilder {
                 features: protocol::FEATURES,
                 metrics: Arc::default(),
                 strict: self.strict,
+                tx_limits: self.tx_limits,
             },
             validator: self
                 .validator
@@ -203,6 +214,7 @@ impl ServerBuilder {
             incoming: tx,
             shutdown,
             ready: AtomicBool::new(self.ready),
+            connections: Arc::new(limits::Connections::new(self.upgrade_limits)),
         };
         (
             Server {
@@ -244,6 +256,8 @@ struct Inner {
     /// Whether upgrades are served: false until the application says the
     /// server is ready (e.g. its initial plugins loaded).
     ready: AtomicBool,
+    /// Connections held, against the upgrade limits.
+    connections: Arc<limits::Connections>,
 }
 
 /// A CAMP server. Cheap to clone; clones are the same server.
@@ -322,15 +336,18 @@ impl Server {
             ))));
         };
         let remote = dial.remote;
-        let setup = client.setup(
+        let mut setup = client.setup(
             &dial,
             config.metrics.clone(),
             Some(inner.shutdown.subscribe()),
         );
+        // The server's own limits on streams apply to its peers too.
+        setup.config.tx_limits = config.tx_limits.clone();
         let (session, events, driver) =
             open(dial.ws, setup).await.map_err(ClientError::Handshake)?;
         reservation.attach(session.clone());
-        Inner::spawn(inner, driver, reservation, remote);
+        // Dialled, not accepted: outside the connection limits.
+        Inner::spawn(inner, driver, (reservation, None), remote);
         Ok((session, events))
     }
 
@@ -391,7 +408,8 @@ impl Server {
 
 impl Inner {
     /// Handles one accepted TCP connection up to its open session, which
-    /// then runs on a task of its own ([`Inner::spawn`]).
+    /// then runs on a task of its own ([`Inner::spawn`]) holding the
+    /// connection's place in the limits.
     ///
     /// A task allocates its future's largest state up front, and this one
     /// holds the TLS, request, WebSocket and CAMP handshake futures: they
@@ -399,12 +417,20 @@ impl Inner {
     /// was 12.7 KiB per connection, for its whole life, before; see
     /// BENCHMARKS.md).
     async fn accept(self: &Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
+        let permit = match self.connections.admit(remote.ip()) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                let (tls, metrics) = (self.tls.is_some(), &self.session.metrics);
+                return limits::refuse_at_accept(tcp, remote, refusal, tls, metrics).await;
+            }
+        };
+        let timeout = self.connections.limits.request_timeout;
         let Some(tls) = &self.tls else {
-            return self.upgrade(tcp, remote).await;
+            return self.upgrade(tcp, remote, permit).await;
         };
         let handshake = Box::pin(tls.acceptor().accept(tcp));
-        match tokio::time::timeout(REQUEST_TIMEOUT, handshake).await {
-            Ok(Ok(stream)) => Box::pin(self.upgrade(stream, remote)).await,
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(stream)) => Box::pin(self.upgrade(stream, remote, permit)).await,
             Ok(Err(e)) => tracing::info!(%remote, "TLS handshake failed: {e}"),
             Err(_) => tracing::info!(%remote, "TLS handshake not completed in time"),
         }
@@ -412,20 +438,24 @@ impl Inner {
 
     // The WebSocket library's callback type fixes a large error type.
     #[allow(clippy::result_large_err)]
-    async fn upgrade<S>(self: &Arc<Self>, mut stream: S, remote: SocketAddr)
+    async fn upgrade<S>(self: &Arc<Self>, mut stream: S, remote: SocketAddr, permit: Permit)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let reading = Box::pin(upgrade::read_head(&mut stream));
-        let head = match tokio::time::timeout(REQUEST_TIMEOUT, reading).await {
+        let limits = &self.connections.limits;
+        let reading = Box::pin(upgrade::read_head_max(
+            &mut stream,
+            limits.max_request_head_bytes,
+        ));
+        let head = match tokio::time::timeout(limits.request_timeout, reading).await {
             Ok(Ok(head)) => head,
             Ok(Err(refusal)) => return self.refuse(&mut stream, remote, refusal).await,
             Err(_) => {
-                let refusal = Refusal::new(400, "timeout", "request not received in time");
+                let refusal = limits::timed_out(limits);
                 return self.refuse(&mut stream, remote, refusal).await;
             }
         };
-        let up = match upgrade::check(&head, self.session.strict) {
+        let up = match upgrade::check(&head, self.session.strict, limits.max_query_params) {
             Ok(up) => up,
             Err(refusal) => return self.refuse(&mut stream, remote, refusal).await,
         };
@@ -496,7 +526,7 @@ impl Inner {
         };
         reservation.attach(session.clone());
         let _ = self.incoming.send((session, events));
-        Inner::spawn(self, driver, reservation, Some(remote));
+        Inner::spawn(self, driver, (reservation, Some(permit)), Some(remote));
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
@@ -509,7 +539,7 @@ impl Inner {
     fn spawn<S>(
         this: &Arc<Inner>,
         driver: Driver<S>,
-        reservation: Reservation,
+        (reservation, permit): (Reservation, Option<Permit>),
         remote: Option<SocketAddr>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -533,12 +563,12 @@ impl Inner {
                 "session closed: {}",
                 info.reason
             );
-            // The id is free again only now.
-            drop(reservation);
+            // The id and the connection's place are free again only now.
+            drop((reservation, permit));
         }));
     }
 
-    async fn refuse<S: AsyncWrite + Unpin>(
+    async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: &mut S,
         remote: SocketAddr,
@@ -547,6 +577,6 @@ impl Inner {
         // Never log the request itself: it carries the bearer token.
         tracing::info!(%remote, status = refusal.status, reason = refusal.reason, "upgrade refused");
         self.session.metrics.refused(refusal.reason);
-        let _ = refusal.send(stream).await;
+        let _ = refusal.send_and_drain(stream).await;
     }
 }

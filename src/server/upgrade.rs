@@ -4,71 +4,17 @@
 //! The token validator is async, but the WebSocket library's request
 //! callback is not; so the request head is read and judged here first, and
 //! handed to the WebSocket handshake afterwards through [`Prefixed`].
+//!
+//! The request head is read, and a refusal written, by the
+//! [`transport`](crate::transport) module, shared with the client and the
+//! admin listener.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+/// Most request headers parsed (more: 431). A fixed bound of the parser,
+/// whose header table lives on the stack.
+pub const MAX_HEADERS: usize = 64;
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-
-/// Largest request head accepted.
-const MAX_HEAD: usize = 16 * 1024;
-
-pub use crate::transport::SUBPROTOCOL;
-
-/// Why an upgrade request is refused: an HTTP status and a short text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// HTTP status code.
-    pub status: u16,
-    /// Short machine-friendly label (used in logs and metrics).
-    pub reason: &'static str,
-    /// Human-readable body.
-    pub body: String,
-}
-
-impl Refusal {
-    pub(crate) fn new(status: u16, reason: &'static str, body: impl Into<String>) -> Refusal {
-        Refusal {
-            status,
-            reason,
-            body: body.into(),
-        }
-    }
-
-    /// The HTTP response for this refusal.
-    pub(crate) fn response(&self) -> String {
-        let phrase = match self.status {
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            409 => "Conflict",
-            413 => "Payload Too Large",
-            426 => "Upgrade Required",
-            503 => "Service Unavailable",
-            _ => "Error",
-        };
-        let body = format!("{}\n", self.body);
-        let mut extra = String::new();
-        if self.status == 401 {
-            extra.push_str("WWW-Authenticate: Bearer\r\n");
-        }
-        if self.status == 426 {
-            extra.push_str("Upgrade: websocket\r\n");
-        }
-        format!(
-            "HTTP/1.1 {} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-            self.status,
-            body.len()
-        )
-    }
-
-    /// Writes the response and closes the write side.
-    pub(crate) async fn send<S: AsyncWrite + Unpin>(&self, stream: &mut S) -> io::Result<()> {
-        stream.write_all(self.response().as_bytes()).await?;
-        stream.shutdown().await
-    }
-}
+pub(crate) use crate::transport::{Prefixed, read_head_max};
+pub use crate::transport::{Refusal, SUBPROTOCOL};
 
 /// What an acceptable upgrade request asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,31 +29,6 @@ pub(crate) struct Upgrade {
     pub camp_subprotocol: bool,
 }
 
-/// Reads the request head (through the blank line). Returns the bytes read,
-/// which may include the start of the WebSocket stream after the head.
-pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Bytes, Refusal> {
-    let mut buf = BytesMut::with_capacity(1024);
-    loop {
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            return Ok(buf.freeze());
-        }
-        if buf.len() >= MAX_HEAD {
-            return Err(Refusal::new(
-                413,
-                "head_too_large",
-                "request head too large",
-            ));
-        }
-        let n = stream
-            .read_buf(&mut buf)
-            .await
-            .map_err(|_| Refusal::new(400, "io", "connection failed while reading the request"))?;
-        if n == 0 {
-            return Err(Refusal::new(400, "incomplete", "incomplete request"));
-        }
-    }
-}
-
 /// Judges the request head: method, upgrade headers, subprotocol,
 /// authorization and session id, in that order (authentication before the
 /// session id so that an unauthenticated client learns nothing about sids).
@@ -115,11 +36,18 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<By
 /// Decisions: a missing and a malformed `x-camp-sid` are both 400 (the
 /// reference answers 401 for a missing one; it is not an authentication
 /// problem). Query parameter names are matched case-insensitively.
-pub(crate) fn check(head: &[u8], strict: bool) -> Result<Upgrade, Refusal> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+pub(crate) fn check(head: &[u8], strict: bool, max_params: usize) -> Result<Upgrade, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refusal::new(
+                431,
+                "too_many_headers",
+                format!("more than {MAX_HEADERS} request headers"),
+            ));
+        }
         _ => return Err(Refusal::new(400, "bad_request", "malformed HTTP request")),
     }
     if req.method != Some("GET") {
@@ -162,6 +90,16 @@ pub(crate) fn check(head: &[u8], strict: bool) -> Result<Upgrade, Refusal> {
     }
     let path = req.path.unwrap_or("/");
     let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let params = query.split('&').filter(|kv| !kv.is_empty()).count();
+    if params > max_params {
+        return Err(Refusal::new(
+            414,
+            "too_many_params",
+            format!(
+                "{params} query parameters; at most {max_params} are read (limits.max_query_params)"
+            ),
+        ));
+    }
     let param = |name: &str| {
         query
             .split('&')
@@ -236,70 +174,6 @@ fn hex(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }
 
-/// A stream that first yields bytes already read from it (the request
-/// head), then reads from the stream itself.
-pub(crate) struct Prefixed<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    pub(crate) fn new(prefix: Bytes, inner: S) -> Prefixed<S> {
-        Prefixed { prefix, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            if self.prefix.is_empty() {
-                // Let go of the request's buffer: this stream lives as
-                // long as the session.
-                self.prefix = Bytes::new();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +190,7 @@ mod tests {
         let up = check(
             &head("/?authorization=Bearer%20abc&x-CAMP-sid=42", ""),
             true,
+            64,
         )
         .unwrap();
         assert_eq!(
@@ -333,6 +208,7 @@ mod tests {
                 "Sec-WebSocket-Protocol: chat, camp\r\n",
             ),
             true,
+            64,
         )
         .unwrap();
         assert_eq!(
@@ -344,13 +220,14 @@ mod tests {
     #[test]
     fn the_former_sid_parameter_is_accepted_unless_strict() {
         let path = "/?authorization=Bearer%20a&x-cryo-sid=9";
-        let up = check(&head(path, ""), false).unwrap();
+        let up = check(&head(path, ""), false, 64).unwrap();
         assert_eq!((up.sid, up.legacy_sid), (9, true));
-        assert_eq!(check(&head(path, ""), true).unwrap_err().status, 400);
+        assert_eq!(check(&head(path, ""), true, 64).unwrap_err().status, 400);
         // Both given: x-camp-sid wins and nothing was tolerated.
         let up = check(
             &head("/?authorization=Bearer%20a&x-cryo-sid=9&x-camp-sid=3", ""),
             false,
+            64,
         )
         .unwrap();
         assert_eq!((up.sid, up.legacy_sid), (3, false));
@@ -358,7 +235,8 @@ mod tests {
 
     #[test]
     fn refusals_have_the_documented_statuses() {
-        let status = |path: &str, extra: &str| check(&head(path, extra), true).unwrap_err().status;
+        let status =
+            |path: &str, extra: &str| check(&head(path, extra), true, 64).unwrap_err().status;
         assert_eq!(status("/?x-camp-sid=1", ""), 401);
         assert_eq!(status("/?authorization=Basic%20x&x-camp-sid=1", ""), 401);
         assert_eq!(status("/?authorization=Bearer%20&x-camp-sid=1", ""), 401);
@@ -380,15 +258,62 @@ mod tests {
             400
         );
         let plain = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(check(plain, true).unwrap_err().status, 426);
+        assert_eq!(check(plain, true, 64).unwrap_err().status, 426);
         assert_eq!(
-            check(b"POST / HTTP/1.1\r\n\r\n", true).unwrap_err().status,
+            check(b"POST / HTTP/1.1\r\n\r\n", true, 64)
+                .unwrap_err()
+                .status,
             400
         );
         assert_eq!(
-            check(b"\x00\x01garbage\r\n\r\n", true).unwrap_err().status,
+            check(b"\x00\x01garbage\r\n\r\n", true, 64)
+                .unwrap_err()
+                .status,
             400
         );
+    }
+
+    #[test]
+    fn heads_and_queries_are_bounded() {
+        let many = (0..65)
+            .map(|i| format!("p{i}=1"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let r = check(&head(&format!("/?{many}"), ""), true, 64).unwrap_err();
+        assert_eq!((r.status, r.reason), (414, "too_many_params"));
+        assert!(r.body.contains("limits.max_query_params"), "{}", r.body);
+        let headers: String = (0..70).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let r = check(
+            &head("/?authorization=Bearer%20a&x-camp-sid=1", &headers),
+            true,
+            64,
+        )
+        .unwrap_err();
+        assert_eq!((r.status, r.reason), (431, "too_many_headers"));
+
+        let read = |bytes: Vec<u8>, max: usize| {
+            let mut reader = &bytes[..];
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(read_head_max(&mut reader, max))
+        };
+        let long_line = format!("GET /?t={} HTTP/1.1\r\n\r\n", "a".repeat(5000)).into_bytes();
+        let r = read(long_line.clone(), 4096).unwrap_err();
+        assert_eq!((r.status, r.reason), (414, "uri_too_long"));
+        assert!(
+            r.body.contains("limits.max_request_head_bytes"),
+            "{}",
+            r.body
+        );
+        assert!(read(long_line, 8192).is_ok());
+        let big_headers = head("/", &format!("X-Big: {}\r\n", "b".repeat(5000)));
+        let r = read(big_headers.clone(), 4096).unwrap_err();
+        assert_eq!((r.status, r.reason), (431, "head_too_large"));
+        // Exactly at the limit is accepted; one byte more is not.
+        let n = big_headers.len();
+        assert!(read(big_headers.clone(), n).is_ok());
+        assert_eq!(read(big_headers, n - 1).unwrap_err().status, 431);
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub(crate) struct SessionConfig {
     /// Refuse the deviations the reference server accepts
     /// ([`Tolerated`]) instead of accepting and counting them.
     pub strict: bool,
+    /// Limits on transactions (the spool budget shared server-wide).
+    pub tx_limits: crate::session::transaction::TxLimits,
 }
 
 /// Everything a session needs besides its connection.
@@ -127,6 +129,8 @@ where
         role == Role::Server,
         !config.strict,
         session.command_sender(),
+        config.tx_limits.clone(),
+        config.metrics.clone(),
     );
     let keep_alive = config.keep_alive;
     let mut heartbeat = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
@@ -837,6 +841,8 @@ where
                         );
                     }
                     heard_since_tick = false;
+                    let now = Instant::now().into_std();
+                    self.tx.expire_idle(&mut self.acks, now, !paused.any());
                     if self.role == Role::Server {
                         self.push(Body::Ping(PingPong::Ping), Class::Control);
                     }

@@ -153,6 +153,7 @@ pub fn options() -> DirOptions {
         settle: Duration::from_millis(50),
         rescan_interval: Duration::from_millis(300),
         probation: Duration::from_secs(10),
+        ..DirOptions::default()
     }
 }
 

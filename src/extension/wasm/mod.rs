@@ -48,6 +48,7 @@ mod host;
 mod output;
 mod plugin;
 mod state;
+mod token;
 mod watch;
 
 pub use cache::{CacheOutcome, content_hash};
@@ -56,4 +57,8 @@ pub use host::{HostError, HostOptions, LoadError, LoadTimings, PluginHost, plugi
 pub use plugin::{
     InstanceError, PluginMeta, Probation, ROLLBACK_SESSIONS, TRIAL_SESSION, WasmPlugin,
 };
-pub use watch::{DirOptions, LoadedVersion, PluginDir, PluginStatus, ScanReport, WatchError};
+pub use token::{TokenPlugin, TokenPluginError};
+pub use watch::{
+    DEFAULT_POLL_INTERVAL, DirOptions, EventHandler, LoadedVersion, PluginDir, PluginStatus,
+    ScanReport, WatchError, WatchMode,
+};

@@ -9,6 +9,13 @@
 //! triggers scans, after a short debounce; a periodic scan is the safety
 //! net for missed events.
 //!
+//! If the folder cannot be watched (the per-user inotify limit is shared by
+//! every process and container of the uid, and a full one fails with "Too
+//! many open files"), [`PluginDir::watch`] does not fail: it logs a warning
+//! naming the folder and the cause and follows the folder by polling, the
+//! periodic scan running every [`DirOptions::poll_interval`] instead
+//! (returned as [`WatchMode::Polling`]; `camp_plugin_watch_polling` is 1).
+//!
 //! Partial writes (an in-place `cp` of a large file) are handled by
 //! waiting until a file's size, mtime and inode have been stable for a
 //! settle time before reading it, re-checking after reading, trying bytes
@@ -54,8 +61,11 @@ pub struct DirOptions {
     /// How long a file must be unchanged before it is read (partial-write
     /// protection).
     pub settle: Duration,
-    /// Interval of the safety-net scan.
+    /// Interval of the safety-net scan while events are watched.
     pub rescan_interval: Duration,
+    /// Interval of the scan when the folder cannot be watched and is
+    /// polled instead (config key `plugin_poll_ms`, default 1 s).
+    pub poll_interval: Duration,
     /// How long a version that replaced another stays on probation (the
     /// previous version kept ready for a rollback).
     pub probation: Duration,
@@ -67,22 +77,39 @@ impl Default for DirOptions {
             debounce: Duration::from_millis(50),
             settle: Duration::from_millis(100),
             rescan_interval: Duration::from_secs(2),
+            poll_interval: DEFAULT_POLL_INTERVAL,
             probation: Duration::from_secs(10),
         }
     }
 }
 
-/// Why the folder could not be watched.
+/// Default of [`DirOptions::poll_interval`].
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How a folder is followed once [`PluginDir::watch`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchMode {
+    /// File-system events trigger scans; a periodic scan every
+    /// `rescan_interval` catches missed events.
+    Events,
+    /// The folder could not be watched: it is scanned every
+    /// `poll_interval`.
+    Polling {
+        /// Why watching failed (the watcher's message).
+        cause: String,
+        /// The scan interval.
+        interval: Duration,
+    },
+}
+
+/// What a [`PluginDir::watch_with`] watcher factory gets: the folder and
+/// the handler to call with every event.
+pub type EventHandler = Box<dyn FnMut(notify::Result<notify::Event>) + Send>;
+
+/// Why the folder could not be followed at all (watching it is not needed:
+/// a folder that cannot be watched is polled).
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    /// The `notify` watcher failed.
-    #[error("cannot watch {dir}: {message}")]
-    Notify {
-        /// The folder.
-        dir: PathBuf,
-        /// The watcher's message.
-        message: String,
-    },
     /// The watcher thread could not be started.
     #[error("cannot start the watcher thread: {0}")]
     Thread(std::io::Error),
@@ -299,8 +326,10 @@ struct WatchThread {
     tx: mpsc::Sender<WatchMsg>,
     /// The thread.
     handle: JoinHandle<()>,
-    /// The `notify` watcher (dropping it stops events).
-    _watcher: notify::RecommendedWatcher,
+    /// The `notify` watcher (dropping it stops events); none when polling.
+    _watcher: Option<Box<dyn notify::Watcher + Send>>,
+    /// How the folder is followed.
+    mode: WatchMode,
 }
 
 /// A folder of plugins kept in sync with a pipeline. Dropping it stops the
@@ -417,43 +446,80 @@ impl PluginDir {
     }
 
     /// Starts following the folder: a `notify` watcher plus a periodic
-    /// scan, on a dedicated thread (never on the async runtime).
-    pub fn watch(&self) -> Result<(), WatchError> {
+    /// scan, on a dedicated thread (never on the async runtime). If the
+    /// folder cannot be watched (for example the inotify limit is used up),
+    /// logs a warning naming the folder and the cause and polls instead:
+    /// the result says which.
+    pub fn watch(&self) -> Result<WatchMode, WatchError> {
+        self.watch_with(|dir, handler| {
+            let mut watcher = notify::recommended_watcher(handler)?;
+            watcher.watch(dir, RecursiveMode::NonRecursive)?;
+            Ok(Box::new(watcher))
+        })
+    }
+
+    /// [`PluginDir::watch`] with another watcher: `make` gets the folder and
+    /// the event handler and returns a watcher already watching it, or the
+    /// error that makes the folder polled instead (tests inject failures
+    /// through it; other platforms' or networked folders' watchers fit it).
+    pub fn watch_with<F>(&self, make: F) -> Result<WatchMode, WatchError>
+    where
+        F: FnOnce(&Path, EventHandler) -> notify::Result<Box<dyn notify::Watcher + Send>>,
+    {
         let mut slot = lock(&self.watch);
-        if slot.is_some() {
-            return Ok(());
+        if let Some(running) = &*slot {
+            return Ok(running.mode.clone());
         }
         let (tx, rx) = mpsc::channel();
         let events = tx.clone();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                // Any event (even on hidden names such as `..data`) may change
-                // what the folder's plugin names resolve to: scan.
-                if event.is_ok() {
-                    let _ = events.send(WatchMsg::Changed);
-                }
-            })
-            .map_err(|e| WatchError::Notify {
-                dir: self.inner.dir.clone(),
-                message: e.to_string(),
-            })?;
-        watcher
-            .watch(&self.inner.dir, RecursiveMode::NonRecursive)
-            .map_err(|e| WatchError::Notify {
-                dir: self.inner.dir.clone(),
-                message: e.to_string(),
-            })?;
+        let handler: EventHandler = Box::new(move |event: notify::Result<notify::Event>| {
+            // Any event (even on hidden names such as `..data`) may change
+            // what the folder's plugin names resolve to: scan.
+            if event.is_ok() {
+                let _ = events.send(WatchMsg::Changed);
+            }
+        });
+        let dir = &self.inner.dir;
+        let (watcher, mode) = match make(dir, handler) {
+            Ok(watcher) => (Some(watcher), WatchMode::Events),
+            Err(e) => {
+                let interval = self.inner.options.poll_interval;
+                tracing::warn!(
+                    dir = %dir.display(),
+                    cause = %e,
+                    poll_ms = interval.as_millis() as u64,
+                    "cannot watch the plugin folder {}: {e}; hot reload goes on by polling it every {} ms (plugin_poll_ms)",
+                    dir.display(),
+                    interval.as_millis()
+                );
+                let mode = WatchMode::Polling {
+                    cause: e.to_string(),
+                    interval,
+                };
+                (None, mode)
+            }
+        };
+        let interval = match &mode {
+            WatchMode::Events => self.inner.options.rescan_interval,
+            WatchMode::Polling { interval, .. } => *interval,
+        };
         let inner = self.inner.clone();
         let handle = std::thread::Builder::new()
             .name("camp-plugin-watch".into())
-            .spawn(move || inner.run(rx))
+            .spawn(move || inner.run(rx, interval))
             .map_err(WatchError::Thread)?;
         *slot = Some(WatchThread {
             tx,
             handle,
             _watcher: watcher,
+            mode: mode.clone(),
         });
-        Ok(())
+        Ok(mode)
+    }
+
+    /// How the folder is followed (`None` before [`PluginDir::watch`]).
+    pub fn watch_mode(&self) -> Option<WatchMode> {
+        lock(&self.watch).as_ref().map(|w| w.mode.clone())
     }
 
     /// Stops the watcher (plugins stay loaded).
@@ -487,8 +553,9 @@ impl Drop for PluginDir {
 impl DirInner {
     /// The watcher thread: debounced scans on events, periodic scans, and
     /// retries while files settle.
-    fn run(&self, rx: mpsc::Receiver<WatchMsg>) {
-        let mut next_periodic = Instant::now() + self.options.rescan_interval;
+    /// `interval` is the periodic scan's (the safety net, or the polling).
+    fn run(&self, rx: mpsc::Receiver<WatchMsg>, interval: Duration) {
+        let mut next_periodic = Instant::now() + interval;
         let mut due: Option<Instant> = None;
         loop {
             let now = Instant::now();
@@ -512,7 +579,7 @@ impl DirInner {
                 let report = self.scan(false);
                 due = (!report.pending.is_empty()).then(|| Instant::now() + self.options.settle);
                 if periodic {
-                    next_periodic = Instant::now() + self.options.rescan_interval;
+                    next_periodic = Instant::now() + interval;
                 }
             }
         }

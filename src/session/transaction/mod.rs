@@ -68,7 +68,9 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -90,8 +92,173 @@ pub const ANONYMOUS: &str = "anonymous";
 /// refused with an ERROR frame.
 const MAX_PENDING_FETCHES: usize = 1024;
 
-/// How many transactions a peer may have open towards us at once.
-const MAX_INCOMING: usize = 1024;
+/// Limits on a session's transactions. Cloning shares the spool budget
+/// (server-wide: every session of a server holds a clone).
+#[derive(Debug, Clone)]
+pub struct TxLimits {
+    /// Streams this side sends at once per session
+    /// (`limits.max_outgoing_transactions`, default 64): one more fails
+    /// with [`TransferError::Limit`] and the peer gets an ERROR frame
+    /// naming the limit.
+    pub max_outgoing: usize,
+    /// Streams the peer sends at once per session
+    /// (`limits.max_incoming_transactions`, default 1024): one more gets
+    /// an ERROR frame and a TX_CANCEL.
+    pub max_incoming: usize,
+    /// A transaction waiting on the peer this long is cancelled
+    /// (`limits.transaction_idle_timeout_ms`, default 60 s): an outgoing
+    /// PULL stream that gets no TX_FETCH (counted by its sender task,
+    /// also while the session pauses reading), an incoming stream that gets
+    /// no chunk while it is owed one (a PUSH stream; a PULL stream with a
+    /// fetch outstanding; checked at heartbeat ticks, its clock restarting
+    /// while the session does not read). The peer gets an ERROR frame
+    /// naming the limit and a TX_CANCEL.
+    pub idle_timeout: Duration,
+    /// Spooled temporary files and their bytes, server-wide.
+    pub spool: Arc<SpoolBudget>,
+}
+
+impl Default for TxLimits {
+    fn default() -> TxLimits {
+        TxLimits::new(64, 1024, Duration::from_secs(60), 256, 1 << 30)
+    }
+}
+
+impl TxLimits {
+    /// Limits with a new spool budget of `max_spool_files` files and
+    /// `max_spooled_bytes` bytes.
+    pub fn new(
+        max_outgoing: usize,
+        max_incoming: usize,
+        idle_timeout: Duration,
+        max_spool_files: usize,
+        max_spooled_bytes: u64,
+    ) -> TxLimits {
+        TxLimits {
+            max_outgoing,
+            max_incoming,
+            idle_timeout,
+            spool: Arc::new(SpoolBudget::new(max_spool_files, max_spooled_bytes)),
+        }
+    }
+
+    /// Checks the values (each at least 1).
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("max_outgoing_transactions", self.max_outgoing as u64),
+            ("max_incoming_transactions", self.max_incoming as u64),
+            (
+                "transaction_idle_timeout_ms",
+                self.idle_timeout.as_millis() as u64,
+            ),
+            ("max_spool_files", self.spool.max_files() as u64),
+            ("max_spooled_bytes", self.spool.max_bytes()),
+        ] {
+            if value == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The temporary files that outgoing PULL streams from unseekable sources
+/// are spooled to: how many are open and how many bytes they hold, against
+/// `limits.max_spool_files` and `limits.max_spooled_bytes`. A stream over
+/// either fails with [`TransferError::Limit`] before its TX_START, and
+/// the peer gets an ERROR frame naming the limit.
+#[derive(Debug)]
+pub struct SpoolBudget {
+    max_files: usize,
+    max_bytes: u64,
+    files: AtomicUsize,
+    bytes: AtomicU64,
+}
+
+impl SpoolBudget {
+    fn new(max_files: usize, max_bytes: u64) -> SpoolBudget {
+        SpoolBudget {
+            max_files,
+            max_bytes,
+            files: AtomicUsize::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Most spool files open at once.
+    pub fn max_files(&self) -> usize {
+        self.max_files
+    }
+
+    /// Most bytes spooled at once.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Spool files open now.
+    pub fn files(&self) -> usize {
+        self.files.load(Ordering::Acquire)
+    }
+
+    /// Bytes spooled now.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// A file slot, or the error naming the limit.
+    pub(crate) fn open(self: &Arc<Self>) -> Result<SpoolGuard, TransferError> {
+        let taken = self
+            .files
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_files).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(TransferError::Limit(format!(
+                "{} spool files are open (limits.max_spool_files)",
+                self.max_files
+            )));
+        }
+        Ok(SpoolGuard {
+            budget: self.clone(),
+            bytes: 0,
+        })
+    }
+}
+
+/// A spool file's place in the budget; released when dropped (with the
+/// file).
+#[derive(Debug)]
+pub(crate) struct SpoolGuard {
+    budget: Arc<SpoolBudget>,
+    bytes: u64,
+}
+
+impl SpoolGuard {
+    /// Counts `n` more bytes in the file, or the error naming the limit.
+    pub(crate) fn grow(&mut self, n: u64) -> Result<(), TransferError> {
+        let max = self.budget.max_bytes;
+        let grown = self
+            .budget
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                b.checked_add(n).filter(|t| *t <= max)
+            });
+        if grown.is_err() {
+            return Err(TransferError::Limit(format!(
+                "spooled streams would exceed {max} bytes (limits.max_spooled_bytes)"
+            )));
+        }
+        self.bytes += n;
+        Ok(())
+    }
+}
+
+impl Drop for SpoolGuard {
+    fn drop(&mut self) {
+        self.budget.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.files.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// How many ended transaction ids are remembered, so that frames that were
 /// in flight when a transaction ended are ignored rather than reported.
@@ -189,6 +356,10 @@ pub enum TransferError {
     /// The session ended before the transfer completed.
     #[error("session closed")]
     Closed,
+    /// A limit of [`TxLimits`] was reached (the message names its config
+    /// key); the peer was told with an ERROR frame.
+    #[error("limit reached: {0}")]
+    Limit(String),
 }
 
 /// A stream being sent. Await it for the number of bytes sent (for PULL:

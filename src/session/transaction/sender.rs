@@ -77,6 +77,10 @@ pub(super) struct Link {
     /// Largest chunk payload: 1 MiB, or less when the queue cap is small,
     /// so that one chunk always fits the queue.
     pub(super) chunk_size: usize,
+    /// Idle timeout and spool budget.
+    pub(super) limits: super::TxLimits,
+    /// Where limit hits are counted.
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Link {
@@ -118,26 +122,36 @@ pub(super) async fn run_sender(
     mut fetches: mpsc::Receiver<(u64, u64)>,
     cancel: &CancelSignal,
 ) -> Result<u64, TransferError> {
+    // Whether TX_START was queued (a TX_CANCEL means something then).
+    let started = AtomicBool::new(false);
     let work = async {
         match options.behaviour {
-            Behaviour::Push => push(link, tx_id, source, &options).await,
-            Behaviour::Pull => pull(link, tx_id, source, &options, &mut fetches).await,
+            Behaviour::Push => push(link, tx_id, source, &options, &started).await,
+            Behaviour::Pull => pull(link, tx_id, source, &options, &mut fetches, &started).await,
         }
     };
     let outcome = tokio::select! {
         outcome = work => outcome,
         why = cancel.fired() => Err(why),
     };
-    let started = !matches!(
-        outcome,
-        Err(TransferError::SizeMismatch { .. } | TransferError::Closed)
-    );
+    let started = started.load(Ordering::Acquire);
+    if let Err(TransferError::Limit(why)) = &outcome {
+        let message = if started {
+            format!("transaction {tx_id}: {why}")
+        } else {
+            format!("stream {:?} not sent: {why}", options.name)
+        };
+        let _ = link
+            .send_tracked(Body::Error { ack: 0, message }, None)
+            .await;
+    }
     let tell_peer = matches!(
         outcome,
         Err(TransferError::Cancelled
             | TransferError::Source(_)
             | TransferError::SourceEnded { .. }
-            | TransferError::Protocol(_))
+            | TransferError::Protocol(_)
+            | TransferError::Limit(_))
     );
     if started && tell_peer {
         let _ = link
@@ -169,6 +183,7 @@ async fn push(
     tx_id: u32,
     source: Source,
     options: &StreamOptions,
+    started: &AtomicBool,
 ) -> Result<u64, TransferError> {
     let mut reader: Pin<Box<dyn AsyncRead + Send>> = match source {
         Source::Reader(r) => r,
@@ -191,6 +206,7 @@ async fn push(
         None,
     )
     .await?;
+    started.store(true, Ordering::Release);
     let mut offset = 0u64;
     loop {
         let want = match options.size {
@@ -254,16 +270,29 @@ async fn pull(
     source: Source,
     options: &StreamOptions,
     fetches: &mut mpsc::Receiver<(u64, u64)>,
+    started: &AtomicBool,
 ) -> Result<u64, TransferError> {
-    let (mut file, size) = match source {
+    // Held as long as the spool file is open.
+    let (mut file, size, _spooled) = match source {
         Source::Seekable(mut s) => {
             let len = s
                 .seek(io::SeekFrom::End(0))
                 .await
                 .map_err(TransferError::Source)?;
-            (s, len)
+            (s, len, None)
         }
-        Source::Reader(r) => spool(r).await?,
+        Source::Reader(r) => {
+            let spooled = spool(r, &link.limits.spool).await;
+            if let Err(TransferError::Limit(why)) = &spooled {
+                link.metrics.limit_hit(if why.contains("max_spool_files") {
+                    "max_spool_files"
+                } else {
+                    "max_spooled_bytes"
+                });
+            }
+            let (file, len, guard) = spooled?;
+            (file, len, Some(guard))
+        }
     };
     if let Some(announced) = options.size
         && announced != size
@@ -284,6 +313,8 @@ async fn pull(
         None,
     )
     .await?;
+    started.store(true, Ordering::Release);
+    let idle = link.limits.idle_timeout;
     let mut served = Coverage::default();
     loop {
         let next = if served.covers(size) {
@@ -293,7 +324,17 @@ async fn pull(
                 Err(mpsc::error::TryRecvError::Disconnected) => return Err(TransferError::Closed),
             }
         } else {
-            Some(fetches.recv().await.ok_or(TransferError::Closed)?)
+            // The peer owes us a TX_FETCH: at most the idle timeout.
+            match tokio::time::timeout(idle, fetches.recv()).await {
+                Ok(range) => Some(range.ok_or(TransferError::Closed)?),
+                Err(_) => {
+                    link.metrics.limit_hit("transaction_idle_timeout_ms");
+                    return Err(TransferError::Limit(format!(
+                        "no TX_FETCH for {} ms (limits.transaction_idle_timeout_ms); cancelled",
+                        idle.as_millis()
+                    )));
+                }
+            }
         };
         let Some((start, end)) = next else {
             return finish(link, tx_id, size).await;
@@ -345,11 +386,14 @@ async fn pull(
 }
 
 /// Copies a non-seekable source into an anonymous temporary file (unlinked
-/// on creation: it disappears with the last handle) and returns the file
-/// and its length.
+/// on creation: it disappears with the last handle) and returns the file,
+/// its length and its place in the spool budget (files and bytes,
+/// server-wide), which it must not outgrow.
 async fn spool(
     mut reader: Pin<Box<dyn AsyncRead + Send>>,
-) -> Result<(Pin<Box<dyn ReadSeek>>, u64), TransferError> {
+    budget: &Arc<super::SpoolBudget>,
+) -> Result<(Pin<Box<dyn ReadSeek>>, u64, super::SpoolGuard), TransferError> {
+    let mut guard = budget.open()?;
     let file = tokio::task::spawn_blocking(tempfile::tempfile)
         .await
         .map_err(|e| TransferError::Source(io::Error::other(e)))?
@@ -367,11 +411,12 @@ async fn spool(
         if n == 0 {
             break;
         }
+        guard.grow(n as u64)?;
         file.write_all(&buf).await.map_err(TransferError::Source)?;
         total += n as u64;
     }
     file.flush().await.map_err(TransferError::Source)?;
-    Ok((Box::pin(file), total))
+    Ok((Box::pin(file), total, guard))
 }
 
 #[cfg(test)]

@@ -12,9 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::incoming::{End, IncomingStream, RxBudget, StreamEnd};
 use super::sender::{CancelSignal, Link, Source, run_sender};
 use super::{
-    ANONYMOUS, ENDED_MEMORY, MAX_INCOMING, MAX_PENDING_FETCHES, RX_BUFFER_LIMIT, StreamOptions,
-    TransferError,
+    ANONYMOUS, ENDED_MEMORY, MAX_PENDING_FETCHES, RX_BUFFER_LIMIT, StreamOptions, TransferError,
+    TxLimits,
 };
+use crate::metrics::Metrics;
 use crate::protocol::{self, Behaviour, Body};
 use crate::session::ack::AckTracker;
 use crate::session::queue::{Class, Item, Queue};
@@ -130,6 +131,9 @@ struct Incoming {
     ranges: VecDeque<Range>,
     /// How it ended, for the readers.
     end: Arc<StreamEnd>,
+    /// When the peer last sent a frame for it, or when we started waiting
+    /// for one (the idle timeout counts from there).
+    last_heard: std::time::Instant,
 }
 
 /// What the session's task must do after a transaction frame.
@@ -166,6 +170,10 @@ pub(crate) struct Transactions {
     ended: VecDeque<u32>,
     /// Receive buffer budget shared with the readers.
     budget: Arc<RxBudget>,
+    /// Limits on transactions.
+    limits: TxLimits,
+    /// Where limit hits are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Transactions {
@@ -176,6 +184,8 @@ impl Transactions {
         even_ids: bool,
         lenient: bool,
         commands: CommandSender,
+        limits: TxLimits,
+        metrics: Arc<Metrics>,
     ) -> Transactions {
         Transactions {
             sid,
@@ -188,6 +198,44 @@ impl Transactions {
             incoming: HashMap::new(),
             ended: VecDeque::new(),
             budget: Arc::new(RxBudget::new(RX_BUFFER_LIMIT)),
+            limits,
+            metrics,
+        }
+    }
+
+    /// Cancels incoming transactions idle for longer than the limit while
+    /// owed data by the peer (a PUSH stream, a PULL stream with a fetch
+    /// outstanding): ERROR naming the limit and TX_CANCEL to the peer, an
+    /// error to the reader. The session calls it at every heartbeat tick;
+    /// while it is not `reading` its socket (its own readers or application
+    /// behind) the peer's silence is ours, and the clocks restart instead.
+    pub(crate) fn expire_idle(
+        &mut self,
+        acks: &mut AckTracker,
+        now: std::time::Instant,
+        reading: bool,
+    ) {
+        if !reading {
+            for inc in self.incoming.values_mut() {
+                inc.last_heard = now;
+            }
+            return;
+        }
+        let idle = self.limits.idle_timeout;
+        let expired: Vec<u32> = self
+            .incoming
+            .iter()
+            .filter(|(_, inc)| inc.behaviour == Behaviour::Push || !inc.ranges.is_empty())
+            .filter(|(_, inc)| now.saturating_duration_since(inc.last_heard) >= idle)
+            .map(|(id, _)| *id)
+            .collect();
+        for tx_id in expired {
+            self.metrics.limit_hit("transaction_idle_timeout_ms");
+            let why = format!(
+                "nothing received for {} ms (limits.transaction_idle_timeout_ms); cancelled",
+                idle.as_millis()
+            );
+            self.fail_incoming(acks, tx_id, why);
         }
     }
 
@@ -285,10 +333,14 @@ impl Transactions {
             );
             return None;
         }
-        if self.incoming.len() >= MAX_INCOMING {
+        if self.incoming.len() >= self.limits.max_incoming {
+            self.metrics.limit_hit("max_incoming_transactions");
             self.error(
                 acks,
-                format!("transaction {tx_id}: more than {MAX_INCOMING} open transactions"),
+                format!(
+                    "transaction {tx_id}: more than {} open incoming transactions (limits.max_incoming_transactions); cancelled",
+                    self.limits.max_incoming
+                ),
             );
             self.send(acks, Body::TxCancel { ack: 0, tx_id });
             return None;
@@ -320,6 +372,7 @@ impl Transactions {
                 main,
                 ranges: VecDeque::new(),
                 end: end.clone(),
+                last_heard: std::time::Instant::now(),
             },
         );
         Some(TxEffect::Announce(IncomingStream {
@@ -353,6 +406,7 @@ impl Transactions {
                 "TX_CHUNK for transaction {tx_id}, which is not open"
             )));
         };
+        inc.last_heard = std::time::Instant::now();
         let len = data.len() as u64;
         // PUSH chunks are appended in arrival order; the offset only
         // checks that order. Not strict, the two ways the reference clients
@@ -508,7 +562,7 @@ impl Transactions {
                 options,
                 result,
                 cancel,
-            } => self.start(source, options, result, cancel, peer_features),
+            } => self.start(acks, source, options, result, cancel, peer_features),
             TxCommand::Track { acked, reply } => {
                 let id = acks.track(std::time::Instant::now(), acked);
                 if let Err(_unused) = reply.send(id) {
@@ -537,6 +591,10 @@ impl Transactions {
                     return;
                 }
                 let sink = sink.unwrap_or_else(|| inc.main.clone());
+                if inc.ranges.is_empty() {
+                    // The peer owes us data from now on.
+                    inc.last_heard = std::time::Instant::now();
+                }
                 inc.ranges.push_back(Range {
                     next: start,
                     end,
@@ -579,6 +637,7 @@ impl Transactions {
 
     fn start(
         &mut self,
+        acks: &mut AckTracker,
         source: Source,
         options: StreamOptions,
         result: oneshot::Sender<Result<u64, TransferError>>,
@@ -590,6 +649,16 @@ impl Transactions {
             return;
         }
         let commands = self.commands.clone();
+        if self.outgoing.len() >= self.limits.max_outgoing {
+            self.metrics.limit_hit("max_outgoing_transactions");
+            let why = format!(
+                "{} streams are being sent on this session (limits.max_outgoing_transactions)",
+                self.limits.max_outgoing
+            );
+            self.error(acks, format!("stream {:?} not sent: {why}", options.name));
+            let _ = result.send(Err(TransferError::Limit(why)));
+            return;
+        }
         // Ids step by two from the role's parity; skip ids in use either way
         // so a TX_CANCEL is never ambiguous with our own peers.
         let mut tx_id = self.next_id;
@@ -614,6 +683,8 @@ impl Transactions {
             queue: self.queue.clone(),
             commands,
             chunk_size: self.chunk_size(),
+            limits: self.limits.clone(),
+            metrics: self.metrics.clone(),
         };
         tokio::spawn(async move {
             let outcome = run_sender(&link, tx_id, source, options, fetch_rx, &cancel).await;

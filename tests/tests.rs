@@ -11,6 +11,7 @@ mod bench;
 mod binary_plugins;
 mod cli;
 mod every_guest;
+mod filter_suite;
 mod peers;
 mod plugin_e2e;
 mod plugin_hooks;

@@ -71,6 +71,10 @@ async fn filter_replaced_rust_python_javascript_c_while_twenty_sessions_send() {
                         panic!("kind changed")
                     };
                     if text == "end" {
+                        // The last numbers sent were blocked ones.
+                        while message(c, next).1.is_none() {
+                            next += 1;
+                        }
                         return next - 1;
                     }
                     // The next number that the filter lets through, always:
@@ -129,11 +133,20 @@ async fn filter_replaced_rust_python_javascript_c_while_twenty_sessions_send() {
             let data = bytes(path);
             write_by_rename(&wasm, &data);
             let hash = content_hash(&data);
-            wait_until(&format!("the {lang} build to be live"), || {
+            let live = || {
                 status(&swapper_plugins, "filter")
                     .and_then(|s| s.loaded)
                     .is_some_and(|l| l.hash == hash)
-            });
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !live() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the {lang} build is not live: {:?}",
+                    status(&swapper_plugins, "filter")
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
             wait_flow(&format!("traffic through the {lang} build"), 30);
         }
     })

@@ -25,7 +25,7 @@ const BLOCK_EVERY: u64 = 25;
 /// The message number `n` of client `c`, and what the echo must be (None:
 /// dropped by the filter).
 fn message(c: u64, n: u64) -> (String, Option<String>) {
-    if n % BLOCK_EVERY == 0 {
+    if n.is_multiple_of(BLOCK_EVERY) {
         (format!("c{c}-{n} forbidden"), None)
     } else {
         (
@@ -100,7 +100,7 @@ async fn filter_replaced_rust_python_javascript_c_while_twenty_sessions_send() {
             }
             // An end marker, sent after every numbered message (a multiple
             // of BLOCK_EVERY first, so the last number is a blocked one).
-            while sent % BLOCK_EVERY != 0 {
+            while !sent.is_multiple_of(BLOCK_EVERY) {
                 sent += 1;
                 client.send_utf8(message(c, sent).0);
             }

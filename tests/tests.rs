@@ -15,6 +15,7 @@ mod filter_languages;
 mod filter_suite;
 mod peers;
 mod plugin_cli;
+mod plugin_costs;
 mod plugin_e2e;
 mod plugin_hooks;
 mod plugin_isolation;

@@ -348,7 +348,7 @@ fn payload(hook: Hook, text: &str) -> Result<Message, String> {
         Hook::OnReceiveError | Hook::BeforeSendError => Message::Error(text.into()),
         Hook::OnReceiveBinary | Hook::BeforeSendBinary => {
             let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-            if digits.len() % 2 != 0 {
+            if !digits.len().is_multiple_of(2) {
                 return Err(format!("{text:?}: binary payloads are hex digits"));
             }
             let bytes = (0..digits.len())

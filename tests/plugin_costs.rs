@@ -47,10 +47,18 @@ fn plugin_costs() {
         ("Python", camp_artifacts::FILTER_PYTHON),
         ("JavaScript", camp_artifacts::FILTER_JS),
     ];
+    // Warm-up: the process's first engine and host cost what no plugin
+    // does; pay it before measuring.
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = fresh_host(tmp.path());
+        drop(host.load("warm-up", &bytes(camp_artifacts::FILTER_C), config("")));
+        host.shutdown();
+    }
     println!(
-        "| filter in | component | first load | cached load | hook call | RSS added (8 sessions) |"
+        "| filter in | component | first load | cached load | hook call | RSS: load | RSS: +8 busy instances |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (lang, path) in builds {
         let tmp = tempfile::tempdir().unwrap();
         let data = bytes(path);
@@ -61,6 +69,8 @@ fn plugin_costs() {
         let started = Instant::now();
         let (plugin, _) = host.load("filter", &data, config(&toml)).unwrap();
         let first = started.elapsed();
+        let loaded = rss_mib() - before;
+        let before = rss_mib();
 
         // 8 sessions at once, each with its own instance.
         let sessions: Vec<Session> = (0..8).map(|i| Session::detached(i).0).collect();
@@ -109,10 +119,11 @@ fn plugin_costs() {
             format!("{} KB", data.len() / 1000)
         };
         println!(
-            "| {lang} | {size} | {:.0} ms | {:.0} ms | {:.1} µs | {:.0} MiB |",
+            "| {lang} | {size} | {:.0} ms | {:.0} ms | {:.1} µs | {:.0} MiB | {:.0} MiB |",
             ms(first),
             ms(cached),
             call.as_secs_f64() * 1e6,
+            loaded,
             added
         );
     }

@@ -132,7 +132,9 @@ impl ArtifactCache {
         bytes: &[u8],
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let Some(dir) = &self.dir else {
-            return Ok((Component::new(engine, bytes)?, CacheOutcome::Compiled));
+            let component = Component::new(engine, bytes)?;
+            release_freed_heap();
+            return Ok((component, CacheOutcome::Compiled));
         };
         let path = dir.join(format!("{hash}-{}.cwasm", self.engine_tag));
         if path.exists() {

@@ -405,10 +405,18 @@ async fn flood_without_reading(
     count: u32,
     body: impl Fn(u32) -> camp_server::protocol::Body,
 ) -> u32 {
+    use futures_util::SinkExt;
     let mut sent = 0;
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         for i in 0..count {
-            peer.send(body(i)).await;
+            let frame = camp_server::protocol::Frame::new(peer.sid, body(i));
+            // The server may close a peer that does not read while it is
+            // still sending (the heartbeat gives such a peer no grace):
+            // the flood ends there.
+            let message = tokio_tungstenite::tungstenite::Message::Binary(frame.encode());
+            if peer.ws.send(message).await.is_err() {
+                break;
+            }
             sent += 1;
         }
     })

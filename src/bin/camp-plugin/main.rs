@@ -147,6 +147,14 @@ fn new(lang: Lang, name: &str, parent: &Path, sdk: Option<PathBuf>) -> Result<()
         return Err(format!("{} already exists", dir.display()));
     }
     let sdk = sdk.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/sdk"));
+    if lang == Lang::Rust && !sdk.join("Cargo.toml").exists() {
+        return Err(format!(
+            "the Rust SDK is not at {}: pass --sdk with the path of camp-server's plugins/sdk \
+             (or edit the generated Cargo.toml to a git dependency)",
+            sdk.display()
+        ));
+    }
+    let sdk = sdk.canonicalize().unwrap_or(sdk);
     let files = templates::files(lang, name, &sdk);
     for (path, contents) in &files {
         let path = dir.join(path);

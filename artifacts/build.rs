@@ -13,12 +13,31 @@
 //!
 //! Hand-written component text files (`tests/guests/*.wat`) are guests too:
 //! wasmtime compiles the text directly, so they are listed, not built.
+//!
+//! Guests in other languages are folders of `plugins/` without a
+//! `Cargo.toml` (`sdk-*` folders are the SDKs, not guests):
+//!
+//! - `app.py`: Python, built with `componentize-py` (PyPI, pinned in
+//!   `artifacts/requirements.txt`), with `plugins/sdk-python` on the path;
+//! - `index.js`: JavaScript, built with `componentize-js` (npm, pinned in
+//!   `artifacts/package.json`, installed by `npm ci --prefix artifacts`),
+//!   with `plugins/sdk-js/camp-plugin.js` copied beside it;
+//! - `*.c`: C, compiled by `clang --target=wasm32-wasi` against wasi-libc
+//!   with `plugins/sdk-c` and bindings generated here by the `wit-bindgen-c`
+//!   library, then made a component by the `wit-component` library with the
+//!   WASI preview1 reactor adapter (crate
+//!   `wasi-preview1-component-adapter-provider`).
+//!
+//! A missing toolchain fails the build with the command that installs it.
 
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "guest_build.rs"]
+mod guest_build;
 
 /// The guest target triple.
 const TARGET: &str = "wasm32-wasip2";
@@ -87,6 +106,34 @@ fn main() {
                 example: false,
             });
         }
+    }
+    check_vendored_wit(&root);
+    let toolchain = guest_build::Toolchain {
+        wit: root.join("plugins/sdk/wit"),
+        sdk_python: root.join("plugins/sdk-python"),
+        sdk_js: root.join("plugins/sdk-js/camp-plugin.js"),
+        sdk_c: root.join("plugins/sdk-c"),
+        componentize_js: manifest_dir.join("node_modules/.bin/componentize-js"),
+        js_install: "npm ci --prefix artifacts",
+        python_install: "pip install -r artifacts/requirements.txt",
+    };
+    for (name, lang, dir) in foreign_guests(&root.join("plugins")) {
+        let work = out_dir.join("foreign").join(&name);
+        let wasm = out_dir.join("foreign").join(format!("{name}.wasm"));
+        let built = match lang {
+            Lang::Python => guest_build::build_python(&toolchain, &dir, &wasm, &work),
+            Lang::Js => guest_build::build_js(&toolchain, &dir, &wasm, &work),
+            Lang::C => guest_build::build_c(&toolchain, &dir, &wasm, &work),
+        };
+        if let Err(e) = built {
+            panic!("building the {name} plugin: {e}");
+        }
+        guests.push(Guest {
+            name,
+            wasm,
+            toml: None,
+            example: false,
+        });
     }
     guests.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -243,6 +290,59 @@ fn build_workspace(workspace: &Path, target_dir: &Path) {
         panic!(
             "building the guest workspace {} failed ({status})",
             workspace.display()
+        );
+    }
+}
+
+/// A language other than Rust that a guest folder is written in.
+#[derive(Clone, Copy)]
+enum Lang {
+    /// `app.py`.
+    Python,
+    /// `index.js`.
+    Js,
+    /// `*.c`.
+    C,
+}
+
+/// The folders of `plugins` that hold a Python, JavaScript or C guest.
+fn foreign_guests(plugins: &Path) -> Vec<(String, Lang, PathBuf)> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(plugins).expect("plugins/") {
+        let dir = entry.expect("a directory entry").path();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        if !dir.is_dir() || name.starts_with("sdk") || dir.join("Cargo.toml").exists() {
+            continue;
+        }
+        let has_c = fs::read_dir(&dir)
+            .expect("a guest folder")
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "c"));
+        let lang = if dir.join("app.py").exists() {
+            Lang::Python
+        } else if dir.join("index.js").exists() {
+            Lang::Js
+        } else if has_c {
+            Lang::C
+        } else {
+            continue;
+        };
+        found.push((name, lang, dir));
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// The Rust SDK carries its own copy of the WIT (so it builds outside this
+/// repository); it must be the contract's current text.
+fn check_vendored_wit(root: &Path) {
+    let wit = fs::read(root.join("wit/camp-extension.wit")).expect("wit/camp-extension.wit");
+    let vendored = root.join("plugins/sdk/wit/camp-extension.wit");
+    if fs::read(&vendored).ok().as_deref() != Some(&wit[..]) {
+        panic!(
+            "{} differs from wit/camp-extension.wit: copy it \
+             (`cp wit/camp-extension.wit plugins/sdk/wit/`)",
+            vendored.display()
         );
     }
 }

@@ -395,3 +395,49 @@ async fn wss_with_a_private_certificate_authority() {
     assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_message_dropped_by_a_plugin_is_reported_and_exits_7_with_expect_reply() {
+    let pipeline = camp_server::extension::Pipeline::new();
+    let filter = crate::plugin_support::load(
+        "filter",
+        crate::plugin_support::FILTER,
+        "config = '{\"blocked\": [\"forbidden\"]}'",
+    );
+    pipeline.upsert(filter, 1);
+    let server = TestServer::echo(Server::builder().pipeline(pipeline)).await;
+    let url = server.url();
+    let args = ["send-text", "--wait-ms", "300", "--expect-reply"];
+    let dropped = camp(&url, TOKEN, &[&args[..], &["forbidden"]].concat(), None).await;
+    assert_eq!(
+        dropped.status.code(),
+        Some(7),
+        "stderr: {}",
+        stderr(&dropped)
+    );
+    assert!(
+        stderr(&dropped).contains("dropped by a plugin"),
+        "{}",
+        stderr(&dropped)
+    );
+    assert_eq!(stdout(&dropped), "");
+    // Without --expect-reply: exit 0, but said.
+    let quiet = camp(
+        &url,
+        TOKEN,
+        &["send-text", "--wait-ms", "300", "forbidden"],
+        None,
+    )
+    .await;
+    assert!(quiet.status.success(), "stderr: {}", stderr(&quiet));
+    assert!(
+        stderr(&quiet).contains("--expect-reply"),
+        "{}",
+        stderr(&quiet)
+    );
+    // A message that passes still exits 0 with --expect-reply.
+    let passed = camp(&url, TOKEN, &[&args[..], &["fine"]].concat(), None).await;
+    assert!(passed.status.success(), "stderr: {}", stderr(&passed));
+    assert_eq!(stdout(&passed), "fine\n");
+    server.shutdown().await;
+}

@@ -41,6 +41,29 @@ fn filter() {
     assert_eq!(result, Ok(Verdict::Drop));
 }
 
+/// The filter's builds in other languages: the full suite is in
+/// `filter_suite`; here each drops a blocked word with the example config.
+fn filter_port(path: &str) {
+    let toml = std::fs::read_to_string(camp_artifacts::FILTER_TOML).unwrap();
+    let (result, _) = one_message(path, &toml, "this is forbidden");
+    assert_eq!(result, Ok(Verdict::Drop));
+}
+
+#[test]
+fn filter_python() {
+    filter_port(camp_artifacts::FILTER_PYTHON);
+}
+
+#[test]
+fn filter_js() {
+    filter_port(camp_artifacts::FILTER_JS);
+}
+
+#[test]
+fn filter_c() {
+    filter_port(camp_artifacts::FILTER_C);
+}
+
 #[test]
 fn rpc() {
     let (result, _) = one_message(

@@ -14,7 +14,11 @@
 //! ```
 //!
 //! Text rules apply to UTF-8 messages in both directions; `max_size` also
-//! applies to binary messages. Error messages are not filtered.
+//! applies to binary messages. Error messages are not filtered. Each drop
+//! counts in the session's store under `filter.dropped` (the store lives in
+//! the host, so the count survives reloads and replacement by the same
+//! plugin in another language: `plugins/filter-python`, `filter-js`,
+//! `filter-c`).
 
 use std::cell::RefCell;
 
@@ -140,8 +144,16 @@ impl Rules {
     }
 }
 
-/// Logs a drop and returns the action.
+/// The session-store key counting the messages dropped in a session.
+const DROPPED: &str = "filter.dropped";
+
+/// Counts and logs a drop and returns the action.
 fn dropped(session: &Session, why: &str) -> Action {
+    let count = session
+        .get(DROPPED)
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    session.set(DROPPED, &(count + 1).to_string());
     log(
         Level::Debug,
         &format!("dropped a message of session {}: {why}", session.id()),

@@ -32,7 +32,7 @@ use std::sync::Once;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "plugin",
-        path: "../../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__camp_export",
         default_bindings_module: "camp_plugin::bindings",

@@ -8,7 +8,9 @@
 //! handshake failed); 4 a message or file was not delivered (no ACK,
 //! dropped, cancelled, session closed first); 5 the server ended the
 //! session (or an incoming stream) other than gracefully; 6 timed out
-//! waiting (`listen --count`, `receive`).
+//! waiting (`listen --count`, `receive`); 7 `send-text`/`send-binary
+//! --expect-reply` got no reply (acknowledged by the server, then dropped,
+//! e.g. by a plugin).
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -44,7 +46,8 @@ const ACK_WAIT: Duration = Duration::from_secs(3);
     about = "Command-line client for CAMP servers",
     after_help = "Exit status: 0 ok, 1 local error, 2 usage, 3 no session (refused, unreachable, \
                   handshake failed), 4 message or file not delivered, 5 session or incoming \
-                  stream ended by the server with an error, 6 timed out waiting."
+                  stream ended by the server with an error, 6 timed out waiting, 7 no reply \
+                  with --expect-reply (e.g. dropped by a server plugin)."
 )]
 struct Cli {
     #[command(flatten)]
@@ -161,6 +164,11 @@ struct Replies {
     /// acknowledged.
     #[arg(long, default_value_t = 1000)]
     wait_ms: u64,
+    /// Exit with status 7 when no reply arrives within --wait-ms: an ACK
+    /// means the server received the message, not that its plugins passed
+    /// it on (a plugin that drops a message sends no error back).
+    #[arg(long)]
+    expect_reply: bool,
 }
 
 /// A failure and the exit status it maps to.
@@ -191,6 +199,9 @@ const EXIT_UNDELIVERED: u8 = 4;
 const EXIT_CLOSED: u8 = 5;
 /// Exit status 6: timed out waiting for messages.
 const EXIT_TIMEOUT: u8 = 6;
+/// Exit status 7: `--expect-reply` and no reply came (dropped on the way,
+/// e.g. by a server plugin).
+const EXIT_NO_REPLY: u8 = 7;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -468,6 +479,17 @@ async fn send_and_print(
             Ok(Some(SessionEvent::Closed(info))) => return ended(&info),
             Ok(None) | Err(_) => break,
         }
+    }
+    if printed == 0 && replies.replies > 0 {
+        let message = format!(
+            "no reply within {} ms after the server acknowledged the message: it may have \
+             been dropped by a plugin on the server (an ACK means received, not passed on)",
+            replies.wait_ms
+        );
+        if replies.expect_reply {
+            return Err(Failure::new(EXIT_NO_REPLY, message));
+        }
+        eprintln!("camp: {message}; --expect-reply makes this exit {EXIT_NO_REPLY}");
     }
     Ok(())
 }

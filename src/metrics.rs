@@ -36,15 +36,18 @@ impl Histogram {
 
     /// Records one observation.
     pub fn observe(&self, value: Duration) {
-        let secs = value.as_secs_f64();
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.counts[self.bucket(value)].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos
             .fetch_add(value.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// The bucket `value` falls in.
+    fn bucket(&self, value: Duration) -> usize {
+        let secs = value.as_secs_f64();
+        self.bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len())
     }
 
     /// Number of observations.
@@ -315,6 +318,76 @@ impl Metrics {
     /// [`DROP_POLICIES`]).
     pub fn queue_drops(&self, policy: &str) -> u64 {
         policy_index(policy).map_or(0, |i| self.queue_drops[i].load(Ordering::Relaxed))
+    }
+}
+
+/// Counts kept by one session's task and added to the shared [`Metrics`]
+/// in batches (each time the session flushes its socket, and when it
+/// ends): per-frame atomic additions on counters that every core shares
+/// made their cache lines travel between cores on every frame.
+#[derive(Debug, Default)]
+pub struct Tally {
+    frames_in: [u64; 12],
+    bytes_in: [u64; 12],
+    frames_out: [u64; 12],
+    bytes_out: [u64; 12],
+    /// Ack round trips not yet added: bucket counts and the sum.
+    rtt_counts: Vec<u64>,
+    rtt_sum_nanos: u64,
+    /// Whether anything waits to be added.
+    dirty: bool,
+}
+
+impl Tally {
+    /// Counts a received frame.
+    pub fn frame_in(&mut self, ty: FrameType, len: usize) {
+        let i = frame_index(ty);
+        self.frames_in[i] += 1;
+        self.bytes_in[i] += len as u64;
+        self.dirty = true;
+    }
+
+    /// Counts a sent frame.
+    pub fn frame_out(&mut self, ty: FrameType, len: usize) {
+        let i = frame_index(ty);
+        self.frames_out[i] += 1;
+        self.bytes_out[i] += len as u64;
+        self.dirty = true;
+    }
+
+    /// Records an ack round trip (for `metrics.ack_rtt`).
+    pub fn ack_rtt(&mut self, metrics: &Metrics, rtt: Duration) {
+        if self.rtt_counts.is_empty() {
+            self.rtt_counts = vec![0; metrics.ack_rtt.counts.len()];
+        }
+        self.rtt_counts[metrics.ack_rtt.bucket(rtt)] += 1;
+        self.rtt_sum_nanos += rtt.as_nanos() as u64;
+        self.dirty = true;
+    }
+
+    /// Adds everything counted so far to `metrics`.
+    pub fn flush(&mut self, metrics: &Metrics) {
+        if !std::mem::take(&mut self.dirty) {
+            return;
+        }
+        let add = |shared: &[AtomicU64], local: &mut [u64]| {
+            for (a, n) in shared.iter().zip(local.iter_mut()) {
+                if *n != 0 {
+                    a.fetch_add(std::mem::take(n), Ordering::Relaxed);
+                }
+            }
+        };
+        add(&metrics.frames_in, &mut self.frames_in);
+        add(&metrics.bytes_in, &mut self.bytes_in);
+        add(&metrics.frames_out, &mut self.frames_out);
+        add(&metrics.bytes_out, &mut self.bytes_out);
+        if !self.rtt_counts.is_empty() {
+            add(&metrics.ack_rtt.counts, &mut self.rtt_counts);
+            metrics
+                .ack_rtt
+                .sum_nanos
+                .fetch_add(std::mem::take(&mut self.rtt_sum_nanos), Ordering::Relaxed);
+        }
     }
 }
 

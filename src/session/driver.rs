@@ -35,7 +35,7 @@ use super::{
     CloseInfo, Command, DeliveryError, DeliveryTx, Direction, Event, EventBytes, Filter, Inbox,
     Message, Session, SessionEvents, Stats, Verdict,
 };
-use crate::metrics::{Metrics, Tolerated};
+use crate::metrics::{Metrics, Tally, Tolerated};
 use crate::protocol::{self, Body, Frame, FrameError, PingPong, close};
 
 /// Which end of the connection this is. The server speaks first in the
@@ -148,6 +148,7 @@ where
         flush_now: false,
         queue,
         bytes_tx: 0,
+        tally: Tally::default(),
         bytes_rx: 0,
         sid,
         role,
@@ -204,6 +205,8 @@ pub(crate) struct Driver<S> {
     queue: Arc<Queue>,
     /// Bytes of frames written.
     bytes_tx: u64,
+    /// Frames, bytes and round trips not yet added to the metrics.
+    tally: Tally,
     /// Bytes of frames received.
     bytes_rx: u64,
     /// This session's id; stamped on every outgoing frame.
@@ -257,13 +260,10 @@ struct Waits {
     expiry_at: Option<Instant>,
     /// While reading is paused: completes when the cause may have eased.
     resume: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    /// While the application's event channel is full: a reservation.
-    reserve: Option<ReserveFuture>,
+    /// While the application's event channel is full: completes when it
+    /// has room (false: the application is gone).
+    reserve: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
 }
-
-type ReserveFuture = Pin<
-    Box<dyn Future<Output = Result<mpsc::OwnedPermit<Event>, mpsc::error::SendError<()>>> + Send>,
->;
 
 /// What ended the main loop.
 enum Exit {
@@ -288,7 +288,7 @@ enum Wake {
     /// A pause of reading may be over.
     Resumed,
     /// A place in the application's event channel.
-    Reserved(Option<mpsc::OwnedPermit<Event>>),
+    Reserved(bool),
     /// Writing failed: the connection is gone.
     WriteFailed(WsError),
 }
@@ -360,7 +360,7 @@ where
             self.info_acked = true;
         }
         if let Some(rtt) = self.acks.ack(id, Instant::now().into_std()) {
-            self.config.metrics.ack_rtt.observe(rtt);
+            self.tally.ack_rtt(&self.config.metrics, rtt);
         }
     }
 
@@ -428,7 +428,7 @@ where
                             );
                             self.tolerate(Tolerated::ForeignSid, &what);
                         }
-                        self.config.metrics.frame_in(frame.body.frame_type(), len);
+                        self.tally.frame_in(frame.body.frame_type(), len);
                         return Ok(Some(frame));
                     }
                     Err(e) => malformed_text(&e),
@@ -630,7 +630,7 @@ where
             return Poll::Ready(Wake::WriteFailed(e));
         }
         let paused = self.paused();
-        let slot_ready = !running || self.events.slot.ready();
+        let slot_ready = !running || self.events.ready();
         // Commands and frames take turns being looked at first.
         let commands_first = running && self.turns % 2 == 1;
         if commands_first && let Poll::Ready(command) = self.inbox.poll_recv(cx) {
@@ -660,14 +660,13 @@ where
         } else {
             self.waits.resume = None;
             if !slot_ready {
-                let events = self.events.tx.clone();
-                let reserve = self
-                    .waits
-                    .reserve
-                    .get_or_insert_with(|| Box::pin(events.reserve_owned()));
-                if let Poll::Ready(reserved) = reserve.as_mut().poll(cx) {
+                if self.waits.reserve.is_none() {
+                    self.waits.reserve = Some(self.events.room());
+                }
+                let reserve = self.waits.reserve.as_mut().expect("just set");
+                if let Poll::Ready(room) = reserve.as_mut().poll(cx) {
                     self.waits.reserve = None;
-                    return Poll::Ready(Wake::Reserved(reserved.ok()));
+                    return Poll::Ready(Wake::Reserved(room));
                 }
             }
         }
@@ -734,7 +733,7 @@ where
             match self.out.pop_front().expect("front exists") {
                 Item::Frame { bytes, ty, .. } => {
                     self.bytes_tx += len as u64;
-                    self.config.metrics.frame_out(ty, len);
+                    self.tally.frame_out(ty, len);
                     Pin::new(&mut self.ws).start_send(WsMessage::Binary(bytes))?;
                 }
                 Item::Close { code, reason } => {
@@ -766,6 +765,8 @@ where
     /// Flushes what was handed to the WebSocket; false while the socket
     /// has no room (`cx` is woken when it has).
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Result<bool, WsError> {
+        // What goes on the wire now is counted before it can be answered.
+        self.tally.flush(&self.config.metrics);
         if self.unflushed == 0 {
             return Ok(true);
         }
@@ -794,17 +795,13 @@ where
         let keep_alive = self.config.keep_alive;
         let mut heard_since_tick = true;
         let mut exit = match self.pending.take() {
-            Some(frame) => {
-                self.events.fill();
-                self.on_frame(frame).await
-            }
+            Some(frame) => self.on_frame(frame).await,
             None => None,
         };
         let exit = loop {
             if let Some(exit) = exit.take() {
                 break exit;
             }
-            self.events.fill();
             self.arm_expiry();
             let wake = poll_fn(|cx| self.poll_wake(cx, true)).await;
             match wake {
@@ -818,10 +815,7 @@ where
                 }
                 Wake::Command(command) => exit = self.on_command(command).await,
                 Wake::Resumed => {}
-                Wake::Reserved(permit) => match permit {
-                    Some(permit) => self.events.slot.permit = Some(permit),
-                    None => self.events.slot.gone = true,
-                },
+                Wake::Reserved(room) => self.events.gone |= !room,
                 Wake::Tick => {
                     // While our side holds reading up (stream readers or the
                     // application behind), the peer's silence is ours: do
@@ -833,7 +827,7 @@ where
                         && self.role == Role::Server
                         && !paused.readers
                         && !paused.app
-                        && self.events.slot.ready()
+                        && self.events.ready()
                     {
                         break Exit::Local(
                             close::CLIENT_ERROR,
@@ -1123,55 +1117,60 @@ where
     }
 }
 
-/// A reserved place in the application's event channel, taken before a
-/// frame is read so that delivering what the frame carries never waits.
-#[derive(Default)]
-struct Slot {
-    /// The reservation, if one is held.
-    permit: Option<mpsc::OwnedPermit<Event>>,
-    /// The application dropped its events: what frames carry is discarded.
-    gone: bool,
-}
-
-impl Slot {
-    /// Whether a frame may be read (a place is reserved, or nobody listens).
-    fn ready(&self) -> bool {
-        self.permit.is_some() || self.gone
-    }
-}
-
 /// The session's end of the application's event channel, with the count
 /// of message bytes the application has not taken yet.
+///
+/// A frame is read only while the channel has room for what it may carry
+/// (one event), so delivering never waits. The session's task is the
+/// channel's only sender, so room seen before reading is still there when
+/// the frame's event is delivered.
 pub(crate) struct EventSender {
     /// The channel.
     tx: mpsc::Sender<Event>,
     /// Bytes waiting, shared with [`SessionEvents`].
     waiting: Arc<EventBytes>,
-    /// The place reserved for the next frame's event.
-    slot: Slot,
+    /// The application dropped its events: what frames carry is discarded.
+    gone: bool,
 }
 
 impl EventSender {
-    /// Reserves at once if the channel has room (the usual case: no
-    /// await, so no cooperative-budget yield).
-    fn fill(&mut self) {
-        if !self.slot.ready() {
-            match self.tx.clone().try_reserve_owned() {
-                Ok(permit) => self.slot.permit = Some(permit),
-                Err(mpsc::error::TrySendError::Closed(_)) => self.slot.gone = true,
-                Err(mpsc::error::TrySendError::Full(_)) => {}
-            }
+    /// Whether a frame may be read: the channel has room, or nobody
+    /// listens any more.
+    fn ready(&mut self) -> bool {
+        if !self.gone && self.tx.is_closed() {
+            self.gone = true;
         }
+        self.gone || self.tx.capacity() > 0
     }
 
-    /// Delivers `event` into the reservation (or discards it when the
-    /// application is gone).
+    /// A future that completes when the channel has room again (false:
+    /// nobody listens any more).
+    fn room(&self) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        let tx = self.tx.clone();
+        Box::pin(async move { tx.reserve().await.is_ok() })
+    }
+
+    /// Delivers `event` into the room seen before reading (or discards it
+    /// when the application is gone).
     fn deliver(&mut self, event: Event) {
-        if let Some(permit) = self.slot.permit.take() {
-            if let Event::Message(m) = &event {
-                self.waiting.bytes.fetch_add(m.len(), Ordering::AcqRel);
+        if self.gone {
+            return;
+        }
+        let len = match &event {
+            Event::Message(m) => m.len(),
+            _ => 0,
+        };
+        // Counted before it can be taken.
+        self.waiting.bytes.fetch_add(len, Ordering::AcqRel);
+        match self.tx.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.waiting.bytes.fetch_sub(len, Ordering::AcqRel);
+                self.gone = true;
             }
-            permit.send(event);
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                unreachable!("an event is delivered only into room seen before reading")
+            }
         }
     }
 }
@@ -1184,7 +1183,7 @@ fn event_channel() -> (EventSender, SessionEvents) {
         EventSender {
             tx,
             waiting: waiting.clone(),
-            slot: Slot::default(),
+            gone: false,
         },
         SessionEvents(rx, waiting),
     )
@@ -1236,6 +1235,7 @@ impl<S> Drop for Driver<S> {
     /// However the task ends (even cut by a runtime shutdown), the handles'
     /// commands are refused from then on and those waiting are dropped.
     fn drop(&mut self) {
+        self.tally.flush(&self.config.metrics);
         self.inbox.close();
     }
 }

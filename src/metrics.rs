@@ -327,10 +327,12 @@ impl Metrics {
 /// made their cache lines travel between cores on every frame.
 #[derive(Debug, Default)]
 pub struct Tally {
-    frames_in: [u64; 12],
-    bytes_in: [u64; 12],
-    frames_out: [u64; 12],
-    bytes_out: [u64; 12],
+    // 32 bits: flushed at least once per socket flush, which is at most
+    // `high_water_mark` bytes after the previous one.
+    frames_in: [u32; 12],
+    bytes_in: [u32; 12],
+    frames_out: [u32; 12],
+    bytes_out: [u32; 12],
     /// Ack round trips not yet added: bucket counts and the sum.
     rtt_counts: Vec<u64>,
     rtt_sum_nanos: u64,
@@ -342,16 +344,16 @@ impl Tally {
     /// Counts a received frame.
     pub fn frame_in(&mut self, ty: FrameType, len: usize) {
         let i = frame_index(ty);
-        self.frames_in[i] += 1;
-        self.bytes_in[i] += len as u64;
+        self.frames_in[i] = self.frames_in[i].saturating_add(1);
+        self.bytes_in[i] = self.bytes_in[i].saturating_add(len as u32);
         self.dirty = true;
     }
 
     /// Counts a sent frame.
     pub fn frame_out(&mut self, ty: FrameType, len: usize) {
         let i = frame_index(ty);
-        self.frames_out[i] += 1;
-        self.bytes_out[i] += len as u64;
+        self.frames_out[i] = self.frames_out[i].saturating_add(1);
+        self.bytes_out[i] = self.bytes_out[i].saturating_add(len as u32);
         self.dirty = true;
     }
 
@@ -370,13 +372,13 @@ impl Tally {
         if !std::mem::take(&mut self.dirty) {
             return;
         }
-        let add = |shared: &[AtomicU64], local: &mut [u64]| {
+        fn add<N: Copy + Default + PartialEq + Into<u64>>(shared: &[AtomicU64], local: &mut [N]) {
             for (a, n) in shared.iter().zip(local.iter_mut()) {
-                if *n != 0 {
-                    a.fetch_add(std::mem::take(n), Ordering::Relaxed);
+                if *n != N::default() {
+                    a.fetch_add(std::mem::take(n).into(), Ordering::Relaxed);
                 }
             }
-        };
+        }
         add(&metrics.frames_in, &mut self.frames_in);
         add(&metrics.bytes_in, &mut self.bytes_in);
         add(&metrics.frames_out, &mut self.frames_out);

@@ -361,8 +361,16 @@ impl Server {
     ) -> std::io::Result<()> {
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
+        // A finished task's memory (sized to its future) is freed only
+        // once its handle is taken from the set: reaped every second.
+        let mut reap = tokio::time::interval(Duration::from_secs(1));
+        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = reap.tick() => {
+                    let mut sessions = self.inner.sessions();
+                    while sessions.try_join_next().is_some() {}
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, remote)) => {
                         let _ = tcp.set_nodelay(true);
@@ -387,9 +395,17 @@ impl Server {
         let mut sessions = JoinSet::new();
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while connections.join_next().await.is_some() {}
-            sessions = std::mem::take(&mut *self.inner.sessions());
-            tracing::info!(sessions = sessions.len(), "shutting down");
-            while sessions.join_next().await.is_some() {}
+            // Peers dialled meanwhile join the set late: take it until it
+            // stays empty.
+            loop {
+                let more = std::mem::take(&mut *self.inner.sessions());
+                if more.is_empty() {
+                    break;
+                }
+                tracing::info!(sessions = more.len(), "shutting down");
+                sessions = more;
+                while sessions.join_next().await.is_some() {}
+            }
         })
         .await;
         if drained.is_err() {

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Interval, Sleep};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
@@ -101,6 +102,10 @@ const EVENTS_CAPACITY: usize = 256;
 /// the whole burst.
 const TURNS_PER_FLUSH: u32 = 32;
 
+/// Most turns in one poll of the session's task before it yields to the
+/// runtime (tokio's own cooperative budget is 128 operations).
+const TURNS_PER_POLL: u32 = 128;
+
 /// Builds a session on an upgraded WebSocket and runs the CAMP handshake.
 /// On success the session is whole (handle, events, task); the caller runs
 /// [`Driver::run`] (on its own task or awaited in place). On failure the
@@ -144,11 +149,13 @@ where
         write_blocked: false,
         turns: 0,
         yielded: true,
+        turns_since_yield: 0,
         write_first: false,
         flush_now: false,
         queue,
         bytes_tx: 0,
         tally: Tally::default(),
+        counted: false,
         bytes_rx: 0,
         sid,
         role,
@@ -196,6 +203,8 @@ pub(crate) struct Driver<S> {
     turns: u32,
     /// The task yielded since the last turn: the next turn starts a poll.
     yielded: bool,
+    /// Turns in this poll of the task (bounded by [`TURNS_PER_POLL`]).
+    turns_since_yield: u32,
     /// Whether this poll of the task writes before it reads.
     write_first: bool,
     /// Flush at the next chance (a turn limit or the high-water mark was
@@ -207,6 +216,8 @@ pub(crate) struct Driver<S> {
     bytes_tx: u64,
     /// Frames, bytes and round trips not yet added to the metrics.
     tally: Tally,
+    /// Whether this session is counted in `camp_sessions_open`.
+    counted: bool,
     /// Bytes of frames received.
     bytes_rx: u64,
     /// This session's id; stamped on every outgoing frame.
@@ -593,8 +604,12 @@ where
             congested: self.write_blocked && self.queue.congested(),
             // The application has not taken this many bytes of messages:
             // the per-session cap holds for what we deliver too.
-            app: self.events.waiting.bytes.load(Ordering::Acquire)
-                >= self.queue.limits().max_queued_bytes,
+            // (An application that dropped its events takes nothing more,
+            // and what it left is discarded: no reason to wait for it.)
+            app: !self.events.gone
+                && !self.events.tx.is_closed()
+                && self.events.waiting.bytes.load(Ordering::Acquire)
+                    >= self.queue.limits().max_queued_bytes,
         }
     }
 
@@ -603,11 +618,13 @@ where
         let budget: Arc<RxBudget> = self.tx.budget().clone();
         let queue = self.queue.clone();
         let waiting = self.events.waiting.clone();
+        let events = self.events.tx.clone();
         Box::pin(async move {
             tokio::select! {
                 _ = budget.room(), if paused.readers => {}
                 _ = queue.drained(), if paused.congested => {}
                 _ = waiting.taken.notified(), if paused.app => {}
+                _ = events.closed(), if paused.app => {}
             }
         })
     }
@@ -618,6 +635,18 @@ where
     fn poll_wake(&mut self, cx: &mut Context<'_>, running: bool) -> Poll<Wake> {
         if self.waits.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Wake::Shutdown);
+        }
+        if self.turns_since_yield >= TURNS_PER_POLL {
+            // Commands can keep coming without the socket or a timer ever
+            // saying Pending: give the runtime (and the timers, which need
+            // its budget) a turn, after putting what is written on the wire.
+            if let Err(e) = self.poll_write(cx, true) {
+                return Poll::Ready(Wake::WriteFailed(e));
+            }
+            self.turns_since_yield = 0;
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         // Tokio's cooperative budget is per poll of the task, and reading a
         // large frame can spend all of it: every other poll starts with a
@@ -683,15 +712,19 @@ where
             return Poll::Ready(Wake::WriteFailed(e));
         }
         self.yielded = true;
+        self.turns_since_yield = 0;
         Poll::Pending
     }
 
     /// Counts a turn that found work; flushes every [`TURNS_PER_FLUSH`].
     fn turn(&mut self, wake: Wake) -> Poll<Wake> {
         self.turns += 1;
+        self.turns_since_yield += 1;
         if self.turns >= TURNS_PER_FLUSH {
             self.turns = 0;
             self.flush_now = true;
+            // Counted even while the socket is full (a peer streaming to us).
+            self.tally.flush(&self.config.metrics);
         }
         Poll::Ready(wake)
     }
@@ -732,9 +765,17 @@ where
             let len = item.len();
             match self.out.pop_front().expect("front exists") {
                 Item::Frame { bytes, ty, .. } => {
-                    self.bytes_tx += len as u64;
-                    self.tally.frame_out(ty, len);
-                    Pin::new(&mut self.ws).start_send(WsMessage::Binary(bytes))?;
+                    match Pin::new(&mut self.ws).start_send(WsMessage::Binary(bytes)) {
+                        Ok(()) => {
+                            self.bytes_tx += len as u64;
+                            self.tally.frame_out(ty, len);
+                        }
+                        // The peer closed the WebSocket: nothing more can
+                        // be sent, but tungstenite's echo of its close
+                        // still must be (after the frames still queued).
+                        Err(WsError::Protocol(ProtocolError::SendAfterClosing)) => continue,
+                        Err(e) => return Err(e),
+                    }
                 }
                 Item::Close { code, reason } => {
                     self.close_sent = true;
@@ -791,6 +832,7 @@ where
         let metrics = self.config.metrics.clone();
         metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
         metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
+        self.counted = true;
         self.filter.clone().opened(&session).await;
         let keep_alive = self.config.keep_alive;
         let mut heard_since_tick = true;
@@ -842,7 +884,9 @@ where
                     }
                     let stats = self.stats();
                     session.set_stats(stats);
-                    let _ = self.events.tx.try_send(Event::Stats(stats));
+                    if self.events.tx.capacity() > 1 {
+                        let _ = self.events.tx.try_send(Event::Stats(stats));
+                    }
                 }
                 Wake::Expiry => {
                     let expired = self.acks.expire(Instant::now().into_std());
@@ -864,7 +908,14 @@ where
         session.mark_closed();
         self.filter.clone().closed(&session).await;
         metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
-        let _ = Box::pin(self.events.tx.send(Event::Closed(info.clone()))).await;
+        self.counted = false;
+        // The last slot of the channel is kept for this event: an
+        // application that does not read cannot hold the session (its
+        // socket, its place in the limits, its id) open. A pending wait
+        // for room may hold that slot (tokio hands permits to a waiter
+        // one by one): it goes first.
+        self.waits.reserve = None;
+        let _ = self.events.tx.try_send(Event::Closed(info.clone()));
         info
     }
 
@@ -1140,14 +1191,15 @@ impl EventSender {
         if !self.gone && self.tx.is_closed() {
             self.gone = true;
         }
-        self.gone || self.tx.capacity() > 0
+        // One slot stays free for the final `Closed`.
+        self.gone || self.tx.capacity() > 1
     }
 
     /// A future that completes when the channel has room again (false:
     /// nobody listens any more).
     fn room(&self) -> Pin<Box<dyn Future<Output = bool> + Send>> {
         let tx = self.tx.clone();
-        Box::pin(async move { tx.reserve().await.is_ok() })
+        Box::pin(async move { tx.reserve_many(2).await.is_ok() })
     }
 
     /// Delivers `event` into the room seen before reading (or discards it
@@ -1237,5 +1289,16 @@ impl<S> Drop for Driver<S> {
     fn drop(&mut self) {
         self.tally.flush(&self.config.metrics);
         self.inbox.close();
+        // An aborted or panicked task skipped the close sequence: sender
+        // tasks must not wait for room in a queue nobody drains, readers
+        // must learn the stream ended, the gauge must come down.
+        self.queue.close();
+        self.tx.close();
+        if std::mem::take(&mut self.counted) {
+            self.config
+                .metrics
+                .sessions_open
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }

@@ -403,9 +403,14 @@ impl Queue {
             let notified = self.room.notified();
             {
                 let mut s = self.lock();
-                if s.closed
-                    || (s.bytes <= self.limits.low_water_mark
-                        && s.items.len() <= self.limits.max_queue_count / 2)
+                // Below the caps by a margin in any configuration (a
+                // low-water mark at or above the cap would make this
+                // complete while the queue is still at its caps).
+                let low = self
+                    .limits
+                    .low_water_mark
+                    .min(self.limits.max_queued_bytes / 2);
+                if s.closed || (s.bytes <= low && s.items.len() <= self.limits.max_queue_count / 2)
                 {
                     return;
                 }
@@ -526,5 +531,26 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn drained_waits_below_the_caps_whatever_the_low_water_mark() {
+        // A low-water mark above the cap (the default 1 MiB with a 100-byte
+        // cap): drained() must still wait until the queue is well below
+        // its caps, or a congested session would spin.
+        let q = Arc::new(Queue::new(small()));
+        q.push_wait(frame(60, Class::Transaction)).await.unwrap();
+        q.push_wait(frame(40, Class::Transaction)).await.unwrap();
+        assert!(q.congested());
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.drained().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "drained while at the caps");
+        let mut batch = VecDeque::new();
+        assert!(q.pop(&mut batch));
+        waiting.await.unwrap();
+        assert!(q.stats().bytes <= 50);
     }
 }

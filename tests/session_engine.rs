@@ -1,0 +1,142 @@
+//! The one-loop session engine under the conditions a review of it named:
+//! an application that drops or stops reading its events, and a peer that
+//! closes the WebSocket while frames are still queued for it.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{RawPeer, TOKEN, TestServer};
+use camp_server::client::Client;
+use camp_server::protocol::Body;
+use camp_server::server::Server;
+use camp_server::session::{Backpressure, DropPolicy, SessionEvent};
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn small_caps() -> Backpressure {
+    Backpressure {
+        high_water_mark: 64 * 1024,
+        low_water_mark: 16 * 1024,
+        max_queued_bytes: 64 * 1024,
+        max_queue_count: 64,
+        drop_policy: DropPolicy::DropOldest,
+    }
+}
+
+async fn until_no_sessions(server: &Server, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !server.sessions().is_empty() {
+        assert!(Instant::now() < deadline, "a session outlived its close");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The application let `max_queued_bytes` of messages pile up (reading
+/// paused), then dropped its events: what it left is discarded and the
+/// session reads again, so the peer's BYE ends it.
+#[tokio::test]
+async fn an_application_that_drops_its_events_does_not_freeze_the_session() {
+    let (server, mut sessions) =
+        TestServer::with_sessions(Server::builder().tokens([TOKEN]).backpressure(small_caps()))
+            .await;
+    let (client, mut client_events) = Client::new(server.url(), TOKEN)
+        .sid(71)
+        .connect()
+        .await
+        .unwrap();
+    let (session, events) = sessions.recv().await.unwrap();
+    // 128 KiB the application never takes: the session stops reading at
+    // 64 KiB (the rest waits in the socket).
+    for _ in 0..8 {
+        client.post(camp_server::extension::Message::Binary(
+            vec![1u8; 16 * 1024].into(),
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop((session, events));
+    client.close("bye");
+    let info = tokio::time::timeout(Duration::from_secs(10), client_events.closed())
+        .await
+        .expect("the session answers BYE")
+        .unwrap();
+    assert_eq!(info.code, 4000, "{info:?}");
+    until_no_sessions(&server.server, Duration::from_secs(5)).await;
+    server.shutdown().await;
+}
+
+/// An application that holds its events without reading them keeps the
+/// session from reading (backpressure), but a close still ends it: the
+/// last slot of the event channel is kept for `Closed`, and the session's
+/// id is free at once.
+#[tokio::test]
+async fn a_session_closes_while_its_application_does_not_read() {
+    let (server, mut sessions) = TestServer::with_sessions(Server::builder().tokens([TOKEN])).await;
+    let (client, _client_events) = Client::new(server.url(), TOKEN)
+        .sid(72)
+        .connect()
+        .await
+        .unwrap();
+    let (session, mut events) = sessions.recv().await.unwrap();
+    for i in 0..300 {
+        drop(client.send_utf8(format!("m{i}")));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    session.close("done");
+    until_no_sessions(&server.server, Duration::from_secs(5)).await;
+    // The id is free again.
+    let (again, _) = Client::new(server.url(), TOKEN)
+        .sid(72)
+        .connect()
+        .await
+        .unwrap();
+    // What was delivered is still there, and the last event says why the
+    // session ended.
+    let mut messages = 0;
+    let last = loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), events.next());
+        match next.await.expect("events end with Closed") {
+            Some(SessionEvent::Message(_)) => messages += 1,
+            Some(SessionEvent::Closed(info)) => break info,
+            Some(_) => {}
+            None => panic!("no Closed event"),
+        }
+    };
+    assert_eq!((last.code, last.by_peer), (4000, false), "{last:?}");
+    assert!(messages > 200, "{messages} messages delivered");
+    again.close("bye");
+    server.shutdown().await;
+}
+
+/// A peer closes the WebSocket while echoes are still queued for it: the
+/// frames that can no longer be sent are discarded and the close is still
+/// answered with the peer's code.
+#[tokio::test]
+async fn a_close_with_frames_still_queued_is_answered() {
+    let server = TestServer::echo(Server::builder().backpressure(small_caps())).await;
+    let mut peer = RawPeer::connect(server.addr, 73).await;
+    let chunk = bytes::Bytes::from(vec![3u8; 16 * 1024]);
+    for i in 0..64 {
+        let frame = camp_server::protocol::Frame::new(
+            73,
+            Body::Binary {
+                ack: i,
+                data: chunk.clone(),
+            },
+        );
+        if peer.ws.send(Ws::Binary(frame.encode())).await.is_err() {
+            break;
+        }
+    }
+    peer.ws
+        .send(Ws::Close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "leaving".into(),
+        })))
+        .await
+        .unwrap();
+    let (code, _) = peer.closed().await;
+    assert_eq!(code, u16::from(CloseCode::Away));
+    until_no_sessions(&server.server, Duration::from_secs(5)).await;
+    server.shutdown().await;
+}

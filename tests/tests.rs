@@ -26,6 +26,7 @@ mod plugin_reload;
 mod plugin_sandbox;
 mod reference_clients;
 mod server;
+mod soak;
 mod stranger;
 mod tls;
 mod token_logs;

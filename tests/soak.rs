@@ -343,7 +343,7 @@ async fn misbehave(addr: SocketAddr, sid: u64, kind: usize, rng: &mut Rng) {
             let mut i = 0u64;
             while Instant::now() < end {
                 i += 1;
-                let m = if i % 4 == 0 {
+                let m = if i.is_multiple_of(4) {
                     Ws::Ping(Bytes::from_static(b"p"))
                 } else {
                     Ws::Binary(ping.clone())
@@ -611,10 +611,14 @@ async fn soak_run() {
         artifacts_after <= ARTIFACTS_KEPT,
         "plugin artifacts kept open: {artifacts_after}"
     );
-    // Memory: what the soak grew must mostly be given back or reused; the
-    // allocator keeps some freed memory (arenas per thread, fragmentation),
-    // so the bound is a fixed 64 MiB plus a quarter of the peak's growth.
-    let allowed = rss_before + 64 * 1024 + (peak_rss.saturating_sub(rss_before)) / 4;
+    // Memory (after malloc_trim, so live memory and fragmentation): what
+    // stays is what the host keeps of the plugin versions, about 1 MiB per
+    // version in its artifact cache (measured: 19 MiB more with 16 cached,
+    // 30 MiB with 32, the same with 250 and 1,000 sessions), plus 16 MiB
+    // for the allocator's fragmentation. Nothing may grow with the number
+    // of sessions: the 1,000-session run opens some 3,300 of them, so a
+    // leak of 16 KiB each would fail it.
+    let allowed = rss_before + 16 * 1024 + 1024 * artifacts_after as u64;
     assert!(
         rss_after <= allowed,
         "RSS not back near its start: {rss_before} KiB before, {peak_rss} KiB peak, \

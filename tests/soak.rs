@@ -195,7 +195,8 @@ async fn well_behaved(url: String, sid: u64, stop: Arc<AtomicBool>) -> Good {
                 expected += 1;
                 received.store(expected - 1, Ordering::Relaxed);
             }
-            panic!("client {sid}: session ended early");
+            let close = events.closed().await;
+            panic!("client {sid}: session ended early, after {expected} echoes: {close:?}");
         })
     };
     let mut sent = 0u64;

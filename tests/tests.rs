@@ -27,6 +27,7 @@ mod plugin_sandbox;
 mod reference_clients;
 mod server;
 mod session_engine;
+mod soak;
 mod stranger;
 mod tls;
 mod token_logs;

@@ -143,6 +143,13 @@ impl AckTracker {
         }
     }
 
+    /// Lets go of the ring's capacity when nothing is pending.
+    pub(crate) fn release(&mut self) {
+        if self.window.is_empty() {
+            self.window = VecDeque::new();
+        }
+    }
+
     /// Fails every pending entry: the session is gone.
     pub(crate) fn close(&mut self) {
         for p in self.window.drain(..).flatten() {

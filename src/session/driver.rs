@@ -175,7 +175,7 @@ where
         waits: Waits {
             shutdown: Box::pin(shutting_down(shutdown)),
             heartbeat,
-            expiry: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            expiry: None,
             expiry_at: None,
             resume: None,
             reserve: None,
@@ -183,6 +183,7 @@ where
     };
     let features = driver.handshake().await?;
     session.set_peer_features(features);
+    driver.trim();
     Ok((session, events, driver))
 }
 
@@ -266,7 +267,8 @@ struct Waits {
     /// PING and liveness check, every keep-alive interval.
     heartbeat: Interval,
     /// The oldest pending ACK's deadline.
-    expiry: Pin<Box<Sleep>>,
+    /// (Allocated while something is pending: idle sessions hold none.)
+    expiry: Option<Pin<Box<Sleep>>>,
     /// What `expiry` is set to, if anything is pending.
     expiry_at: Option<Instant>,
     /// While reading is paused: completes when the cause may have eased.
@@ -702,7 +704,10 @@ where
         if running && self.waits.heartbeat.poll_tick(cx).is_ready() {
             return Poll::Ready(Wake::Tick);
         }
-        if self.waits.expiry_at.is_some() && self.waits.expiry.as_mut().poll(cx).is_ready() {
+        if let Some(expiry) = self.waits.expiry.as_mut()
+            && self.waits.expiry_at.is_some()
+            && expiry.as_mut().poll(cx).is_ready()
+        {
             self.waits.expiry_at = None;
             return Poll::Ready(Wake::Expiry);
         }
@@ -877,6 +882,7 @@ where
                         );
                     }
                     heard_since_tick = false;
+                    self.trim();
                     let now = Instant::now().into_std();
                     self.tx.expire_idle(&mut self.acks, now, !paused.any());
                     if self.role == Role::Server {
@@ -885,7 +891,7 @@ where
                     let stats = self.stats();
                     session.set_stats(stats);
                     if self.events.tx.capacity() > 1 {
-                        let _ = self.events.tx.try_send(Event::Stats(stats));
+                        let _ = self.events.tx.try_send(Event::Stats(Box::new(stats)));
                     }
                 }
                 Wake::Expiry => {
@@ -915,7 +921,10 @@ where
         // for room may hold that slot (tokio hands permits to a waiter
         // one by one): it goes first.
         self.waits.reserve = None;
-        let _ = self.events.tx.try_send(Event::Closed(info.clone()));
+        let _ = self
+            .events
+            .tx
+            .try_send(Event::Closed(Box::new(info.clone())));
         info
     }
 
@@ -924,9 +933,27 @@ where
         let deadline = self.acks.next_deadline().map(Instant::from_std);
         if deadline != self.waits.expiry_at {
             if let Some(d) = deadline {
-                self.waits.expiry.as_mut().reset(d);
+                match self.waits.expiry.as_mut() {
+                    Some(expiry) => expiry.as_mut().reset(d),
+                    None => self.waits.expiry = Some(Box::pin(tokio::time::sleep_until(d))),
+                }
             }
             self.waits.expiry_at = deadline;
+        }
+    }
+
+    /// Lets go of what a session that went quiet does not need: empty
+    /// buffers keep the capacity of their busiest moment, and the expiry
+    /// timer is only needed while an ACK is pending. Called after the
+    /// handshake and at each heartbeat, so idle sessions stay small.
+    fn trim(&mut self) {
+        if self.out.is_empty() {
+            self.out = VecDeque::new();
+        }
+        self.queue.trim();
+        self.acks.release();
+        if self.waits.expiry_at.is_none() {
+            self.waits.expiry = None;
         }
     }
 

@@ -129,16 +129,17 @@ pub(crate) struct EventBytes {
     pub(crate) taken: tokio::sync::Notify,
 }
 
-/// A [`SessionEvent`] as it travels on the event channel: the rare,
-/// large variant boxed. Tokio's channels allocate their slots 32 at a
-/// time, up front, so the slot size is paid by every session, idle or not
-/// (an [`IncomingStream`] is 144 bytes, a message 40).
+/// A [`SessionEvent`] as it travels on the event channel: the rare
+/// variants boxed, so a slot is the size of a message (40 bytes; an
+/// [`IncomingStream`] is 144). Tokio's channels allocate their slots 32 at
+/// a time, up front, so the slot size is paid by every session, idle or
+/// not.
 #[derive(Debug)]
 pub(crate) enum Event {
     Message(Message),
-    Stats(Stats),
+    Stats(Box<Stats>),
     Stream(Box<IncomingStream>),
-    Closed(CloseInfo),
+    Closed(Box<CloseInfo>),
 }
 
 /// The stream of a session's events.
@@ -154,9 +155,9 @@ impl SessionEvents {
                 self.1.taken.notify_one();
                 SessionEvent::Message(m)
             }
-            Event::Stats(stats) => SessionEvent::Stats(stats),
+            Event::Stats(stats) => SessionEvent::Stats(*stats),
             Event::Stream(stream) => SessionEvent::Stream(*stream),
-            Event::Closed(info) => SessionEvent::Closed(info),
+            Event::Closed(info) => SessionEvent::Closed(*info),
         })
     }
 

@@ -427,6 +427,14 @@ impl Queue {
         self.room.notify_waiters();
     }
 
+    /// Lets go of the capacity of an empty queue.
+    pub(crate) fn trim(&self) {
+        let mut s = self.lock();
+        if s.items.is_empty() {
+            s.items = VecDeque::new();
+        }
+    }
+
     /// Frames dropped by the policy so far.
     pub(crate) fn drops(&self) -> u64 {
         self.lock().drops

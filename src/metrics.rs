@@ -265,10 +265,15 @@ impl Metrics {
 
     /// Counts a limit reached inside a session (`limit`: its config key).
     pub fn limit_hit(&self, limit: &'static str) {
+        self.limit_hits_add(limit, 1);
+    }
+
+    /// Counts `n` times a limit was reached inside a session.
+    pub fn limit_hits_add(&self, limit: &'static str, n: u64) {
         let mut r = self.limits_hit.lock().unwrap_or_else(|e| e.into_inner());
         match r.iter_mut().find(|(k, _)| *k == limit) {
-            Some((_, n)) => *n += 1,
-            None => r.push((limit, 1)),
+            Some((_, count)) => *count += n,
+            None => r.push((limit, n)),
         }
     }
 

@@ -9,6 +9,13 @@ use super::{DeliveryError, DeliveryTx};
 /// ack timeout (the reference's value).
 pub const ACK_TIMEOUT: Duration = Duration::from_millis(2500);
 
+/// Most frames that may wait for their ACK at once, per session. A peer
+/// that reads but never ACKs would otherwise hold as many entries as can
+/// be sent in [`ACK_TIMEOUT`]; beyond this the oldest is expired early
+/// (an ack timeout, and `camp_limits_hit_total{limit="max_pending_acks"}`).
+/// 65,536 entries are 1.5 MiB.
+pub const MAX_PENDING_ACKS: usize = 65_536;
+
 /// Smoothing factor of the round-trip EWMA (TCP's SRTT alpha).
 const RTT_ALPHA: f64 = 0.2;
 
@@ -37,6 +44,8 @@ pub(crate) struct AckTracker {
     srtt_ms: Option<f64>,
     /// Frames that were never acknowledged within [`ACK_TIMEOUT`].
     timeouts: u64,
+    /// Entries expired early at [`MAX_PENDING_ACKS`], not yet reported.
+    evicted: u64,
 }
 
 impl AckTracker {
@@ -46,6 +55,7 @@ impl AckTracker {
             window: VecDeque::new(),
             srtt_ms: None,
             timeouts: 0,
+            evicted: 0,
         }
     }
 
@@ -56,10 +66,11 @@ impl AckTracker {
 
     /// Takes the next ack id for a frame sent now.
     pub(crate) fn track(&mut self, now: Instant, notify: Option<DeliveryTx>) -> u32 {
-        if self.window.len() == u32::MAX as usize {
-            // 2^32 - 1 frames pending within one ack timeout: the oldest
-            // is treated as lost rather than confused with the new id.
+        if self.window.len() >= MAX_PENDING_ACKS {
+            // The oldest is treated as lost (the window of ids is what
+            // the memory holds, acknowledged holes included).
             self.pop_front_expired();
+            self.evicted += 1;
         }
         let id = self.next_id();
         self.window.push_back(Some(Pending {
@@ -165,6 +176,11 @@ impl AckTracker {
         self.window.iter().filter(|p| p.is_some()).count()
     }
 
+    /// Entries expired early at [`MAX_PENDING_ACKS`] since the last call.
+    pub(crate) fn take_evicted(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted)
+    }
+
     pub(crate) fn srtt_ms(&self) -> Option<f64> {
         self.srtt_ms
     }
@@ -220,5 +236,20 @@ mod tests {
         assert!(t.ack(third, t0 + Duration::from_millis(4001)).is_none());
         assert_eq!((t.timeouts(), t.pending()), (2, 0));
         assert_eq!(t.ack(first, t0), None);
+    }
+
+    #[test]
+    fn a_peer_that_never_acks_holds_at_most_max_pending_acks() {
+        let mut t = AckTracker::new();
+        let now = Instant::now();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        t.track(now, Some(tx));
+        for _ in 1..MAX_PENDING_ACKS + 10 {
+            t.track(now, None);
+        }
+        assert_eq!(t.window.len(), MAX_PENDING_ACKS);
+        assert_eq!((t.timeouts(), t.take_evicted()), (10, 10));
+        assert_eq!(rx.try_recv().unwrap(), Err(DeliveryError::Timeout));
+        assert_eq!(t.take_evicted(), 0);
     }
 }

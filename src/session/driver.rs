@@ -882,6 +882,7 @@ where
                         );
                     }
                     heard_since_tick = false;
+                    self.report_evicted();
                     self.trim();
                     let now = Instant::now().into_std();
                     self.tx.expire_idle(&mut self.acks, now, !paused.any());
@@ -897,6 +898,7 @@ where
                 Wake::Expiry => {
                     let expired = self.acks.expire(Instant::now().into_std());
                     metrics.ack_timeouts.fetch_add(expired, Ordering::Relaxed);
+                    self.report_evicted();
                 }
                 Wake::Shutdown => {
                     break Exit::Local(close::GRACEFUL, "server shutting down".into());
@@ -939,6 +941,16 @@ where
                 }
             }
             self.waits.expiry_at = deadline;
+        }
+    }
+
+    /// Counts the ACKs expired early at `MAX_PENDING_ACKS`.
+    fn report_evicted(&mut self) {
+        let evicted = self.acks.take_evicted();
+        if evicted > 0 {
+            let metrics = &self.config.metrics;
+            metrics.ack_timeouts.fetch_add(evicted, Ordering::Relaxed);
+            metrics.limit_hits_add("max_pending_acks", evicted);
         }
     }
 

@@ -22,7 +22,7 @@ pub mod transaction;
 
 pub use filter::{Direction, Filter, FilterFuture, Message, NoFilter, Verdict};
 
-pub use ack::ACK_TIMEOUT;
+pub use ack::{ACK_TIMEOUT, MAX_PENDING_ACKS};
 pub use queue::{Backpressure, DropPolicy, QueueStats};
 pub use transaction::{
     IncomingStream, StreamOptions, StreamRange, Transfer, TransferError, WaitError,

@@ -68,7 +68,7 @@ crate-type = ["cdylib"]
 [dependencies]
 # The SDK: a path to camp-server's plugins/sdk, or a git dependency on the
 # camp-server repository (cargo finds the crate by its name).
-camp-plugin = { path = "SDK" }
+camp-plugin = { path = "{{sdk}}" }
 
 # Small, fast components.
 [profile.release]
@@ -219,7 +219,7 @@ pub fn files(lang: Lang, name: &str, sdk: &Path) -> Vec<(PathBuf, String)> {
         Lang::Rust => {
             files.push((
                 "Cargo.toml".into(),
-                fill(RUST_CARGO).replace("SDK", &sdk.display().to_string()),
+                fill(RUST_CARGO).replace("{{sdk}}", &sdk.display().to_string()),
             ));
             files.push(("src/lib.rs".into(), fill(RUST_LIB)));
         }

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::common::{TOKEN, TestServer};
+use crate::common::{TOKEN, TestServer, small_caps};
 use camp_server::client::Client;
 use camp_server::extension::Message;
 use camp_server::server::Server;
@@ -499,16 +499,6 @@ async fn an_application_that_does_not_take_its_messages_holds_reading_at_the_cap
 }
 
 /// Small queue caps for the flood tests.
-fn small_caps() -> Backpressure {
-    Backpressure {
-        high_water_mark: 64 * 1024,
-        low_water_mark: 16 * 1024,
-        max_queued_bytes: 64 * 1024,
-        max_queue_count: 64,
-        drop_policy: DropPolicy::DropOldest,
-    }
-}
-
 #[tokio::test]
 async fn pings_before_the_handshake_from_a_peer_that_never_reads_stop_the_reading() {
     use camp_server::protocol::{Body, PingPong};

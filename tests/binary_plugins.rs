@@ -2,6 +2,7 @@
 //! (logger, filter, rpc) from the build, hot reload through the folder, and
 //! the admin view listing them.
 
+use crate::common::rss_kib;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -158,16 +159,6 @@ async fn binary_runs_the_example_pipeline_and_hot_reloads_it() {
     client.send_utf8("still here");
     assert_eq!(reply(&mut events).await.unwrap(), "still here");
     assert!(!client.is_closed());
-}
-
-/// The server's resident memory in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

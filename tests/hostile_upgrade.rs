@@ -14,7 +14,7 @@ use camp_server::server::{Server, UpgradeLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{TOKEN, TestServer};
+use crate::common::{TOKEN, TestServer, descriptors, rss_kib};
 
 async fn server(limits: UpgradeLimits) -> TestServer {
     TestServer::echo(Server::builder().upgrade_limits(limits)).await
@@ -289,23 +289,6 @@ async fn churn_of_failing_and_closing_connections_leaves_no_place_held() {
     for (s, _) in held {
         s.close("done");
     }
-}
-
-/// Open descriptors of process `pid`.
-fn descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-/// Resident memory of process `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[tokio::test]

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use crate::common::TestServer;
 use crate::plugin_support::*;
-use camp_server::extension::wasm::content_hash;
 use camp_server::extension::{Message, Pipeline};
 use camp_server::server::Server;
 use camp_server::session::{Session, SessionEvents};
@@ -198,18 +197,7 @@ async fn replacing_a_plugin_twenty_times_loses_duplicates_and_reorders_nothing()
         };
         wait_all_saw(Some(0));
         for version in 1..=20u64 {
-            let data = stamped_probe(version);
-            match version % 3 {
-                0 => write_by_rename(&wasm, &data),
-                1 if !wasm.is_symlink() => write_in_place(&wasm, &data),
-                _ => write_by_symlink_swap(&swap_dir, "probe.wasm", &data, version),
-            }
-            let hash = content_hash(&data);
-            wait_until(&format!("version {version}"), || {
-                status(&swapper_plugins, "probe")
-                    .and_then(|s| s.loaded)
-                    .is_some_and(|l| l.hash == hash)
-            });
+            install_stamped_probe(&swap_dir, &swapper_plugins, version);
             wait_all_saw(Some(version));
         }
         std::fs::remove_file(&wasm).unwrap();

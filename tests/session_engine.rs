@@ -4,25 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{RawPeer, TOKEN, TestServer};
+use crate::common::{RawPeer, TOKEN, TestServer, small_caps};
 use camp_server::client::Client;
 use camp_server::protocol::Body;
 use camp_server::server::Server;
-use camp_server::session::{Backpressure, DropPolicy, SessionEvent};
+use camp_server::session::SessionEvent;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-fn small_caps() -> Backpressure {
-    Backpressure {
-        high_water_mark: 64 * 1024,
-        low_water_mark: 16 * 1024,
-        max_queued_bytes: 64 * 1024,
-        max_queue_count: 64,
-        drop_policy: DropPolicy::DropOldest,
-    }
-}
 
 async fn until_no_sessions(server: &Server, within: Duration) {
     let deadline = Instant::now() + within;

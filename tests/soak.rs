@@ -23,7 +23,7 @@ use camp_server::admin::render_metrics;
 use camp_server::client::Client;
 use camp_server::extension::Message;
 use camp_server::extension::Pipeline;
-use camp_server::extension::wasm::{DirOptions, HostOptions, PluginHost, content_hash};
+use camp_server::extension::wasm::{DirOptions, HostOptions, PluginHost};
 use camp_server::protocol::{Body, Frame, PingPong};
 use camp_server::server::{Server, UpgradeLimits};
 use futures_util::{SinkExt, StreamExt};
@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as Ws;
 
-use crate::common::{RawPeer, TOKEN, TestServer};
+use crate::common::{RawPeer, TOKEN, TestServer, rss_kib};
 use crate::plugin_support::*;
 
 /// Sessions of the default (CI) run, a tenth of them misbehaving.
@@ -137,17 +137,7 @@ fn trimmed_rss_kib() -> u64 {
             malloc_trim(0);
         }
     }
-    rss_kib()
-}
-
-/// Resident memory of this process in KiB.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    rss_kib(std::process::id())
 }
 
 /// What a well-behaved client sent and saw.
@@ -453,7 +443,7 @@ async fn soak_run() {
         let metrics = server.server.metrics().clone();
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                peak_rss.fetch_max(rss_kib(), Ordering::Relaxed);
+                peak_rss.fetch_max(rss_kib(std::process::id()), Ordering::Relaxed);
                 let open = metrics.sessions_open.load(Ordering::Relaxed).max(0) as u64;
                 peak_sessions.fetch_max(open, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -505,18 +495,7 @@ async fn soak_run() {
             let mut version = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 version += 1;
-                let data = stamped_probe(version);
-                match version % 3 {
-                    0 => write_by_rename(&wasm, &data),
-                    1 if !wasm.is_symlink() => write_in_place(&wasm, &data),
-                    _ => write_by_symlink_swap(&dir, "probe.wasm", &data, version),
-                }
-                let hash = content_hash(&data);
-                wait_until(&format!("version {version}"), || {
-                    status(&swapped, "probe")
-                        .and_then(|s| s.loaded)
-                        .is_some_and(|l| l.hash == hash)
-                });
+                install_stamped_probe(&dir, &swapped, version);
                 std::thread::sleep(Duration::from_millis(200));
             }
             version

@@ -126,12 +126,18 @@ fn decode_checked(bytes: &[u8]) -> Result<(), TestCaseError> {
 }
 
 fn config() -> ProptestConfig {
+    fuzz_config(2048)
+}
+
+/// The crate's property-test settings: `default_cases` cases
+/// (`CAMP_FUZZ_CASES=N` for a longer hunt), failures kept beside the
+/// source in `regressions/`.
+pub(crate) fn fuzz_config(default_cases: u32) -> ProptestConfig {
     ProptestConfig {
-        // CAMP_FUZZ_CASES=N for a longer hunt.
         cases: std::env::var("CAMP_FUZZ_CASES")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(2048),
+            .unwrap_or(default_cases),
         failure_persistence: Some(Box::new(
             proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
         )),

@@ -96,17 +96,7 @@ fn request() -> impl Strategy<Value = (String, Vec<String>)> {
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        // CAMP_FUZZ_CASES=N for a longer hunt.
-        cases: std::env::var("CAMP_FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1024),
-        failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
-        )),
-        ..ProptestConfig::default()
-    }
+    crate::protocol::proptests::fuzz_config(1024)
 }
 
 proptest! {

@@ -468,7 +468,7 @@ where
 
     /// Reads the next CAMP frame (during the handshake: no commands, no
     /// application yet), writing what is queued meanwhile.
-    async fn next_frame(&mut self, _: bool) -> Result<Frame, Exit> {
+    async fn next_frame(&mut self) -> Result<Frame, Exit> {
         loop {
             let wake = poll_fn(|cx| self.poll_wake(cx, false)).await;
             match wake {
@@ -504,7 +504,7 @@ where
             // read our PONGs is not read until it does (the handshake
             // timeout ends it otherwise): `next_frame` pauses on a
             // congested queue.
-            let frame = self.next_frame(false).await?;
+            let frame = self.next_frame().await?;
             match frame.body {
                 Body::Ack { acked } => self.on_ack(acked),
                 Body::Ping(PingPong::Ping) => self.push(Body::Ping(PingPong::Pong), Class::Control),
@@ -1045,17 +1045,18 @@ where
     /// Handles one frame after the handshake. Returns how the session ends,
     /// if this frame ends it.
     async fn on_frame(&mut self, frame: Frame) -> Option<Exit> {
-        let session = self.session.clone();
         let ty = frame.body.frame_type();
         if ty.is_transaction()
             && self.implicit
-            && session.peer_features() & protocol::FEATURE_TRANSACTIONS == 0
+            && self.session.peer_features() & protocol::FEATURE_TRANSACTIONS == 0
         {
             // An implicit handshake announced nothing: the peer's streams
             // show it speaks transactions.
-            session.set_peer_features(session.peer_features() | protocol::FEATURE_TRANSACTIONS);
+            self.session
+                .set_peer_features(self.session.peer_features() | protocol::FEATURE_TRANSACTIONS);
         }
-        if ty.is_transaction() && session.peer_features() & protocol::FEATURE_TRANSACTIONS == 0 {
+        if ty.is_transaction() && self.session.peer_features() & protocol::FEATURE_TRANSACTIONS == 0
+        {
             return Some(Exit::Local(
                 close::SERVER_ERROR,
                 format!(
@@ -1086,7 +1087,7 @@ where
                     return Some(exit);
                 }
                 self.implicit = false;
-                session.set_peer_features(features);
+                self.session.set_peer_features(features);
                 return None;
             }
             Body::Bye { reason, .. } => {
@@ -1108,7 +1109,7 @@ where
                     Some(TxEffect::Malformed(why)) => return self.malformed(why),
                     Some(TxEffect::Tolerated(kind, what)) => self.tolerate(kind, &what),
                     Some(TxEffect::Announce(stream)) => {
-                        if let Some(stream) = session.offer_stream(stream) {
+                        if let Some(stream) = self.session.offer_stream(stream) {
                             self.events.deliver(Event::Stream(Box::new(stream)));
                         }
                     }
@@ -1121,7 +1122,7 @@ where
         if self.filter.wants(Direction::Inbound, &message) {
             match self
                 .filter
-                .filter(Direction::Inbound, &session, &mut message)
+                .filter(Direction::Inbound, &self.session, &mut message)
                 .await
             {
                 Verdict::Pass => {}

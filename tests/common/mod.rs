@@ -298,3 +298,32 @@ pub fn examples_dir() -> &'static std::path::Path {
         dir
     })
 }
+
+/// The small outgoing caps the backpressure tests use (64 KiB, 64 frames,
+/// drop-oldest).
+pub fn small_caps() -> camp_server::session::Backpressure {
+    camp_server::session::Backpressure {
+        high_water_mark: 64 * 1024,
+        low_water_mark: 16 * 1024,
+        max_queued_bytes: 64 * 1024,
+        max_queue_count: 64,
+        drop_policy: camp_server::session::DropPolicy::DropOldest,
+    }
+}
+
+/// Open descriptors of process `pid`.
+pub fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Resident memory of process `pid` in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}

@@ -220,3 +220,22 @@ pub fn write_by_symlink_swap(dir: &Path, name: &str, data: &[u8], generation: u6
 /// The probe configuration of the reload tests: stamp every received
 /// UTF-8 message with the version.
 pub const STAMPING: &str = "config = '{\"stamp\": true, \"hooks\": [\"on-receive-utf8\"]}'\ndeadline_ms = 5000\nmax_instances = 8\n";
+
+/// Installs version `version` of the stamped probe as `dir/probe.wasm`,
+/// by rename, in-place copy or `..data` symlink swap in turn (the ways a
+/// file arrives in a watched folder), and waits until `plugins` serves it.
+pub fn install_stamped_probe(dir: &Path, plugins: &PluginDir, version: u64) {
+    let wasm = dir.join("probe.wasm");
+    let data = stamped_probe(version);
+    match version % 3 {
+        0 => write_by_rename(&wasm, &data),
+        1 if !wasm.is_symlink() => write_in_place(&wasm, &data),
+        _ => write_by_symlink_swap(dir, "probe.wasm", &data, version),
+    }
+    let hash = camp_server::extension::wasm::content_hash(&data);
+    wait_until(&format!("version {version}"), || {
+        status(plugins, "probe")
+            .and_then(|s| s.loaded)
+            .is_some_and(|l| l.hash == hash)
+    });
+}

@@ -126,6 +126,9 @@ pub struct LimitsConfig {
     pub max_spool_files: Option<usize>,
     /// Bytes in spooled temporary files, server-wide (default 1 GiB).
     pub max_spooled_bytes: Option<u64>,
+    /// Received stream bytes a session buffers before it stops reading
+    /// its socket (default 8 MiB).
+    pub max_receive_buffer_bytes: Option<usize>,
 }
 
 impl LimitsConfig {
@@ -147,6 +150,9 @@ impl LimitsConfig {
                 .or(file.transaction_idle_timeout_ms),
             max_spool_files: self.max_spool_files.or(file.max_spool_files),
             max_spooled_bytes: self.max_spooled_bytes.or(file.max_spooled_bytes),
+            max_receive_buffer_bytes: self
+                .max_receive_buffer_bytes
+                .or(file.max_receive_buffer_bytes),
         }
     }
 
@@ -170,7 +176,7 @@ impl LimitsConfig {
             .validate()
             .map_err(|reason| invalid("limits", reason))?;
         let tx = TxLimits::default();
-        let tx = TxLimits::new(
+        let mut tx = TxLimits::new(
             self.max_outgoing_transactions.unwrap_or(tx.max_outgoing),
             self.max_incoming_transactions.unwrap_or(tx.max_incoming),
             self.transaction_idle_timeout_ms
@@ -178,6 +184,9 @@ impl LimitsConfig {
             self.max_spool_files.unwrap_or(tx.spool.max_files()),
             self.max_spooled_bytes.unwrap_or(tx.spool.max_bytes()),
         );
+        if let Some(bytes) = self.max_receive_buffer_bytes {
+            tx.max_receive_buffer = bytes;
+        }
         tx.validate().map_err(|reason| invalid("limits", reason))?;
         Ok((upgrade, tx))
     }
@@ -519,6 +528,7 @@ mod tests {
             max_incoming_transactions = 6
             transaction_idle_timeout_ms = 700
             max_spool_files = 7
+            max_receive_buffer_bytes = 4096
             max_spooled_bytes = 8192
         "#;
         let s = Config::parse(text).unwrap().resolve().unwrap();
@@ -555,9 +565,10 @@ mod tests {
                 tx.max_incoming,
                 tx.idle_timeout,
                 tx.spool.max_files(),
-                tx.spool.max_bytes()
+                tx.spool.max_bytes(),
+                tx.max_receive_buffer
             ),
-            (5, 6, Duration::from_millis(700), 7, 8192)
+            (5, 6, Duration::from_millis(700), 7, 8192, 4096)
         );
         assert_eq!(s.plugin_defaults.deadline_ms, 7);
         assert_eq!(

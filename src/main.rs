@@ -319,7 +319,7 @@ async fn echo(session: Session, mut events: SessionEvents) {
             }
             SessionEvent::Stream(stream) => {
                 let options = stream.options();
-                let transfer = session.stream(stream, options);
+                let transfer = session.relay(stream, options);
                 let sid = session.id();
                 tokio::spawn(async move {
                     if let Err(e) = transfer.await {

@@ -122,14 +122,15 @@ async fn serve(app: App) -> (SocketAddr, TestServer) {
     (server.addr, server)
 }
 
-/// The echo application of the binary: streams go back as they came.
+/// The echo application of the binary: streams go back as they came
+/// (relayed: `Session::stream` with a reader is what the clients use).
 async fn echo_server() -> (SocketAddr, TestServer) {
     serve(Arc::new(|session, mut events| {
         Box::pin(async move {
             while let Some(event) = events.next().await {
                 if let SessionEvent::Stream(stream) = event {
                     let options = stream.options();
-                    let transfer = session.stream(stream, options);
+                    let transfer = session.relay(stream, options);
                     tokio::spawn(async move {
                         let _ = transfer.await;
                     });

@@ -4,7 +4,9 @@
 //! never fetches the echoes, each holding a spooled temporary file), the
 //! cap on outgoing streams per session, and idle transactions both ways.
 //! Each limit is answered with an ERROR frame naming its config key and
-//! counted in `camp_limits_hit_total`.
+//! counted in `camp_limits_hit_total`. The echo relays (`Session::relay`), as
+//! the binary does, so a peer pushing streams it never reads back is held
+//! to the receive budget.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -32,7 +34,7 @@ async fn stream_echo(limits: TxLimits, keep_alive: Duration) -> TestServer {
                 while let Some(event) = events.next().await {
                     if let SessionEvent::Stream(stream) = event {
                         let options = stream.options();
-                        let transfer = session.stream(stream, options);
+                        let transfer = session.relay(stream, options);
                         tokio::spawn(async move {
                             let _ = transfer.await;
                         });
@@ -357,4 +359,85 @@ async fn incoming_streams_per_session_are_capped() {
             .limit_hits("max_incoming_transactions"),
         1
     );
+}
+
+/// The attack that found the hole: 64 PUSH streams sent 1 MiB at a time
+/// while the peer never reads their echoes. Each echo used to read a chunk
+/// and wait for room in the queue holding it, outside every budget: the
+/// server took 64 MiB and more per session (measured 96 MiB of RSS). A
+/// relay keeps each chunk counted in the receive budget until it is
+/// queued, so the server stops reading once `RX_BUFFER_LIMIT` (8 MiB) and
+/// the outgoing queue (8 MiB) are full; what else the peer gets written
+/// sits in the kernel's socket buffers (both ways, a few MiB on loopback).
+#[tokio::test]
+async fn a_relay_holds_back_a_peer_that_pushes_without_reading() {
+    const MIB: usize = 1 << 20;
+    let server = stream_echo(TxLimits::default(), Duration::from_secs(60)).await;
+    let accepted = push_without_reading(&server, 64, 160).await;
+    // Measured: 24 MiB taken with the relay, 88 MiB with `Session::stream`.
+    assert!(
+        accepted <= 40 * MIB,
+        "the server took {} MiB from a peer that never reads",
+        accepted / MIB
+    );
+    // The pause is counted under the key that sets the budget.
+    let metrics = server.server.metrics();
+    assert!(metrics.limit_hits("max_receive_buffer_bytes") >= 1);
+}
+
+/// `limits.max_receive_buffer_bytes` sets the receive budget: at 1 MiB the
+/// same attack is held back sooner.
+#[tokio::test]
+async fn the_receive_budget_is_configurable() {
+    let limits = TxLimits {
+        max_receive_buffer: 1 << 20,
+        ..TxLimits::default()
+    };
+    let server = stream_echo(limits, Duration::from_secs(60)).await;
+    let accepted = push_without_reading(&server, 64, 160).await;
+    assert!(
+        accepted <= 33 * (1 << 20),
+        "the server took {} MiB",
+        accepted >> 20
+    );
+}
+
+/// Opens `streams` PUSH streams and sends them 1 MiB chunks round-robin,
+/// never reading, until a write stalls for 2 s (or `max_mib` were sent);
+/// returns the bytes the server (and the kernel's buffers) took.
+async fn push_without_reading(server: &TestServer, streams: u32, max_mib: u64) -> usize {
+    const MIB: usize = 1 << 20;
+    let mut peer = Peer::connect(server.addr, 1).await;
+    for i in 0..streams {
+        peer.send(Body::TxStart {
+            ack: 0,
+            tx_id: 2 * i + 1,
+            size: -1,
+            behaviour: Behaviour::Push,
+            name: format!("s{i}"),
+        })
+        .await;
+    }
+    let chunk = Bytes::from(vec![b'Z'; MIB]);
+    let mut accepted = 0usize;
+    'sending: for round in 0..=(max_mib / u64::from(streams)) {
+        for i in 0..streams {
+            let frame = Frame::new(
+                1,
+                Body::TxChunk {
+                    tx_id: 2 * i + 1,
+                    offset: round * MIB as u64,
+                    data: chunk.clone(),
+                },
+            )
+            .encode();
+            let sent =
+                tokio::time::timeout(Duration::from_secs(2), peer.ws.send(Ws::Binary(frame)));
+            if sent.await.is_err() {
+                break 'sending;
+            }
+            accepted += MIB;
+        }
+    }
+    accepted
 }

@@ -681,6 +681,10 @@ where
         }
         if paused.any() {
             if self.waits.resume.is_none() {
+                if paused.readers {
+                    // A pause begins: stream readers or relays are behind.
+                    self.config.metrics.limit_hit("max_receive_buffer_bytes");
+                }
                 self.waits.resume = Some(self.resume_when(paused));
             }
             let resume = self.waits.resume.as_mut().expect("just set");

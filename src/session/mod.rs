@@ -583,6 +583,21 @@ impl Session {
         self.start_stream(transaction::Source::Seekable(Box::pin(source)), options)
     }
 
+    /// Sends a stream being received (from this session or another) on as
+    /// a stream of its own, e.g. an echo or a forward.
+    ///
+    /// Unlike [`Session::stream`], PUSH passes the received chunks on
+    /// without copying them, and each stays counted in the *receiving*
+    /// session's buffer budget ([`RX_BUFFER_LIMIT`](transaction::RX_BUFFER_LIMIT))
+    /// until it is queued here: when this session's peer reads slowly, the
+    /// sending peer is slowed by TCP flow control instead of the relay
+    /// buffering chunks (with `stream`, every waiting transfer holds a
+    /// chunk of up to 1 MiB outside any budget). PULL spools the stream
+    /// first, as `stream` does.
+    pub fn relay(&self, stream: IncomingStream, options: StreamOptions) -> Transfer {
+        self.start_stream(transaction::Source::Incoming(Box::new(stream)), options)
+    }
+
     fn start_stream(&self, source: transaction::Source, options: StreamOptions) -> Transfer {
         let (command, transfer) = transaction::request(source, options);
         // A closed session drops the request, which fails the transfer.

@@ -259,6 +259,72 @@ impl IncomingStream {
     }
 }
 
+impl IncomingStream {
+    /// Makes `current` hold the next bytes: `Ready(Ok(true))` when it
+    /// does, `Ready(Ok(false))` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            if !self.current.is_empty() {
+                return Poll::Ready(Ok(true));
+            }
+            if self.done {
+                return Poll::Ready(self.ended().map(|()| false));
+            }
+            if self.behaviour == Behaviour::Pull && Some(self.consumed) == self.size {
+                self.done = true;
+                return Poll::Ready(Ok(false));
+            }
+            self.request_window();
+            match self.rx.poll_recv(cx) {
+                // Still counted in the budget: released as it is consumed.
+                Poll::Ready(Some(bytes)) => self.current = bytes,
+                Poll::Ready(None) => return Poll::Ready(self.ended().map(|()| false)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The next received bytes, at most `max` (≥ 1), without copying them;
+    /// `None` at the end of the stream. The bytes stay counted in the
+    /// receiving session's budget until the [`HeldChunk`] is dropped, so a
+    /// relay that waits for room on its way out holds the peer back
+    /// (`RX_BUFFER_LIMIT`) instead of buffering without bound.
+    pub(super) fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<HeldChunk>>> {
+        match self.poll_fill(cx) {
+            Poll::Ready(Ok(true)) => {
+                let bytes = self.current.split_to(max.min(self.current.len()));
+                self.consumed += bytes.len() as u64;
+                Poll::Ready(Ok(Some(HeldChunk {
+                    bytes,
+                    budget: self.budget.clone(),
+                })))
+            }
+            Poll::Ready(Ok(false)) => Poll::Ready(Ok(None)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Bytes taken from an [`IncomingStream`] that still count against the
+/// receiving session's budget; released when dropped.
+pub(super) struct HeldChunk {
+    /// The bytes (a view of the received frame: no copy).
+    pub(super) bytes: Bytes,
+    /// Where they are counted.
+    budget: Arc<RxBudget>,
+}
+
+impl Drop for HeldChunk {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes.len());
+    }
+}
+
 impl AsyncRead for IncomingStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -266,33 +332,23 @@ impl AsyncRead for IncomingStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            if !this.current.is_empty() {
-                this.consumed += copy_out(&mut this.current, buf);
-                return Poll::Ready(Ok(()));
+        match this.poll_fill(cx) {
+            Poll::Ready(Ok(true)) => {
+                let n = copy_out(&mut this.current, buf);
+                this.budget.release(n as usize);
+                this.consumed += n;
+                Poll::Ready(Ok(()))
             }
-            if this.done {
-                return Poll::Ready(this.ended());
-            }
-            if this.behaviour == Behaviour::Pull && Some(this.consumed) == this.size {
-                this.done = true;
-                return Poll::Ready(Ok(()));
-            }
-            this.request_window();
-            match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(bytes)) => {
-                    this.budget.release(bytes.len());
-                    this.current = bytes;
-                }
-                Poll::Ready(None) => return Poll::Ready(this.ended()),
-                Poll::Pending => return Poll::Pending,
-            }
+            Poll::Ready(Ok(false)) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
 
 impl Drop for IncomingStream {
     fn drop(&mut self) {
+        self.budget.release(self.current.len());
         drain(&mut self.rx, &self.budget);
         if !self.done {
             let _ = self

@@ -26,7 +26,8 @@
 //! its name or else delivered as [`SessionEvent::Stream`](super::SessionEvent).
 //! Chunks go to the reader through an unbounded channel, but the bytes
 //! buffered across all of a session's streams are capped by `RxBudget`:
-//! above [`RX_BUFFER_LIMIT`] the session stops reading its socket (it keeps
+//! above `limits.max_receive_buffer_bytes` ([`RX_BUFFER_LIMIT`] by
+//! default) the session stops reading its socket (it keeps
 //! serving its handles) until readers catch up, so TCP flow control slows
 //! the sender. A PULL stream asks for [`FETCH_STEP`] bytes at a time and
 //! keeps at most two steps outstanding, as its reader consumes.
@@ -77,8 +78,9 @@ use tokio::sync::oneshot;
 use crate::protocol::Behaviour;
 use sender::CancelSignal;
 
-/// Most bytes of received chunks buffered for readers, per session, before
-/// the session stops reading its socket.
+/// Most bytes of received chunks buffered for readers (and held by relays),
+/// per session, before the session stops reading its socket: the default
+/// of `limits.max_receive_buffer_bytes`.
 pub const RX_BUFFER_LIMIT: usize = 8 * 1024 * 1024;
 
 /// Size of one TX_FETCH a PULL reader issues; it keeps at most two
@@ -116,6 +118,11 @@ pub struct TxLimits {
     pub idle_timeout: Duration,
     /// Spooled temporary files and their bytes, server-wide.
     pub spool: Arc<SpoolBudget>,
+    /// Received stream bytes a session buffers for its readers and its
+    /// relays before it stops reading its socket
+    /// (`limits.max_receive_buffer_bytes`, default [`RX_BUFFER_LIMIT`]);
+    /// each pause is counted in `camp_limits_hit_total`.
+    pub max_receive_buffer: usize,
 }
 
 impl Default for TxLimits {
@@ -139,6 +146,7 @@ impl TxLimits {
             max_incoming,
             idle_timeout,
             spool: Arc::new(SpoolBudget::new(max_spool_files, max_spooled_bytes)),
+            max_receive_buffer: RX_BUFFER_LIMIT,
         }
     }
 
@@ -153,6 +161,7 @@ impl TxLimits {
             ),
             ("max_spool_files", self.spool.max_files() as u64),
             ("max_spooled_bytes", self.spool.max_bytes()),
+            ("max_receive_buffer_bytes", self.max_receive_buffer as u64),
         ] {
             if value == 0 {
                 return Err(format!("{key} must be at least 1"));

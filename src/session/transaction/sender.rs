@@ -7,10 +7,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::incoming::{HeldChunk, IncomingStream};
 use super::state::TxCommand;
 use super::{StreamOptions, TransferError};
 use crate::protocol::{self, Behaviour, Body};
@@ -54,6 +55,10 @@ pub(crate) enum Source {
     Reader(Pin<Box<dyn AsyncRead + Send>>),
     /// Read by range (PULL) or front to back from byte 0 (PUSH).
     Seekable(Pin<Box<dyn ReadSeek>>),
+    /// A stream being received, relayed: PUSH passes its chunks on without
+    /// copying them, each counted in the receiving session's budget until
+    /// it is queued here; PULL spools it like a reader.
+    Incoming(Box<IncomingStream>),
 }
 
 impl fmt::Debug for Source {
@@ -61,6 +66,7 @@ impl fmt::Debug for Source {
         f.write_str(match self {
             Source::Reader(_) => "Source::Reader",
             Source::Seekable(_) => "Source::Seekable",
+            Source::Incoming(_) => "Source::Incoming",
         })
     }
 }
@@ -177,6 +183,32 @@ async fn finish(link: &Link, tx_id: u32, total: u64) -> Result<u64, TransferErro
     }
 }
 
+/// What PUSH reads its chunks from.
+enum Chunks {
+    /// Read into a new buffer per chunk.
+    Reader(Pin<Box<dyn AsyncRead + Send>>),
+    /// Taken as received, still counted where they were received.
+    Relay(Box<IncomingStream>),
+}
+
+impl Chunks {
+    /// The next chunk of at most `want` bytes (`None` at the end), and
+    /// what to hold until it is queued.
+    async fn next(&mut self, want: usize) -> io::Result<Option<(Bytes, Option<HeldChunk>)>> {
+        match self {
+            Chunks::Reader(reader) => {
+                let mut buf = BytesMut::with_capacity(want);
+                let n = reader.take(want as u64).read_buf(&mut buf).await?;
+                Ok((n > 0).then(|| (buf.freeze(), None)))
+            }
+            Chunks::Relay(stream) => {
+                let held = std::future::poll_fn(|cx| stream.poll_chunk(cx, want)).await?;
+                Ok(held.map(|held| (held.bytes.clone(), Some(held))))
+            }
+        }
+    }
+}
+
 /// PUSH: chunks in order from the source, then TX_FINISH.
 async fn push(
     link: &Link,
@@ -185,14 +217,15 @@ async fn push(
     options: &StreamOptions,
     started: &AtomicBool,
 ) -> Result<u64, TransferError> {
-    let mut reader: Pin<Box<dyn AsyncRead + Send>> = match source {
-        Source::Reader(r) => r,
+    let mut chunks = match source {
+        Source::Reader(r) => Chunks::Reader(r),
         Source::Seekable(mut s) => {
             s.seek(io::SeekFrom::Start(0))
                 .await
                 .map_err(TransferError::Source)?;
-            Box::pin(s)
+            Chunks::Reader(Box::pin(s))
         }
+        Source::Incoming(stream) => Chunks::Relay(stream),
     };
     let size = options.size.map(tx_size).transpose()?.unwrap_or(-1);
     link.send_tracked(
@@ -216,25 +249,23 @@ async fn push(
         if want == 0 {
             break;
         }
-        let mut buf = BytesMut::with_capacity(want);
-        let n = (&mut reader)
-            .take(want as u64)
-            .read_buf(&mut buf)
-            .await
-            .map_err(TransferError::Source)?;
-        if n == 0 {
+        let Some((data, held)) = chunks.next(want).await.map_err(TransferError::Source)? else {
             if let Some(size) = options.size {
                 return Err(TransferError::SourceEnded { sent: offset, size });
             }
             break;
-        }
+        };
+        let n = data.len() as u64;
         link.send(Body::TxChunk {
             tx_id,
             offset,
-            data: buf.freeze(),
+            data,
         })
         .await?;
-        offset += n as u64;
+        // Queued (copied into its frame): the receive budget may let the
+        // peer send more.
+        drop(held);
+        offset += n;
     }
     finish(link, tx_id, offset).await
 }
@@ -281,18 +312,10 @@ async fn pull(
                 .map_err(TransferError::Source)?;
             (s, len, None)
         }
-        Source::Reader(r) => {
-            let spooled = spool(r, &link.limits.spool).await;
-            if let Err(TransferError::Limit(why)) = &spooled {
-                link.metrics.limit_hit(if why.contains("max_spool_files") {
-                    "max_spool_files"
-                } else {
-                    "max_spooled_bytes"
-                });
-            }
-            let (file, len, guard) = spooled?;
-            (file, len, Some(guard))
-        }
+        Source::Reader(r) => spool(link, r).await?,
+        // A relayed stream is spooled like any reader: its size is known
+        // only at its end.
+        Source::Incoming(stream) => spool(link, Box::into_pin(stream)).await?,
     };
     if let Some(announced) = options.size
         && announced != size
@@ -385,11 +408,29 @@ async fn pull(
     }
 }
 
+/// Spools a non-seekable source (see [`spool_to_file`]), counting a
+/// refusal by the spool budget under the limit it hit.
+async fn spool(
+    link: &Link,
+    reader: Pin<Box<dyn AsyncRead + Send>>,
+) -> Result<(Pin<Box<dyn ReadSeek>>, u64, Option<super::SpoolGuard>), TransferError> {
+    let spooled = spool_to_file(reader, &link.limits.spool).await;
+    if let Err(TransferError::Limit(why)) = &spooled {
+        link.metrics.limit_hit(if why.contains("max_spool_files") {
+            "max_spool_files"
+        } else {
+            "max_spooled_bytes"
+        });
+    }
+    let (file, len, guard) = spooled?;
+    Ok((file, len, Some(guard)))
+}
+
 /// Copies a non-seekable source into an anonymous temporary file (unlinked
 /// on creation: it disappears with the last handle) and returns the file,
 /// its length and its place in the spool budget (files and bytes,
 /// server-wide), which it must not outgrow.
-async fn spool(
+async fn spool_to_file(
     mut reader: Pin<Box<dyn AsyncRead + Send>>,
     budget: &Arc<super::SpoolBudget>,
 ) -> Result<(Pin<Box<dyn ReadSeek>>, u64, super::SpoolGuard), TransferError> {

@@ -11,10 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::incoming::{End, IncomingStream, RxBudget, StreamEnd};
 use super::sender::{CancelSignal, Link, Source, run_sender};
-use super::{
-    ANONYMOUS, ENDED_MEMORY, MAX_PENDING_FETCHES, RX_BUFFER_LIMIT, StreamOptions, TransferError,
-    TxLimits,
-};
+use super::{ANONYMOUS, ENDED_MEMORY, MAX_PENDING_FETCHES, StreamOptions, TransferError, TxLimits};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Behaviour, Body};
 use crate::session::ack::AckTracker;
@@ -197,7 +194,7 @@ impl Transactions {
             outgoing: HashMap::new(),
             incoming: HashMap::new(),
             ended: VecDeque::new(),
-            budget: Arc::new(RxBudget::new(RX_BUFFER_LIMIT)),
+            budget: Arc::new(RxBudget::new(limits.max_receive_buffer)),
             limits,
             metrics,
         }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::extension::Pipeline;
 use crate::metrics::Metrics;
@@ -370,24 +370,6 @@ fn random_sid() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
-/// Percent-encodes a query component (RFC 3986 unreserved characters
-/// stay), e.g. a token for the `authorization` query parameter.
-///
-/// ```
-/// assert_eq!(camp_server::client::percent_encode("Bearer a+b"), "Bearer%20a%2Bb");
-/// ```
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Where and how to upgrade: the one place every client in the repository
 /// (`Client`, `Server::connect_peer`, the `camp` CLI, `camp-bench`) turns a
 /// CAMP URL into the upgrade request's URL.
@@ -401,7 +383,7 @@ pub struct UpgradeTarget {
     pub port: u16,
     /// The URL to request: the given path (`/` when there is none) and
     /// query, plus `authorization=Bearer <token>` and `NAME=<sid>` for each
-    /// sid parameter name, percent-encoded.
+    /// sid parameter name, form-encoded (`url` crate).
     pub url: String,
 }
 
@@ -414,42 +396,35 @@ impl UpgradeTarget {
         sid_params: &[String],
         sid: u64,
     ) -> Result<UpgradeTarget, ClientError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
-        let secure = match uri.scheme_str() {
-            Some("ws") => false,
-            Some("wss") => true,
+        let mut parsed =
+            url::Url::parse(url).map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
+        let secure = match parsed.scheme() {
+            "ws" => false,
+            "wss" => true,
             _ => {
                 return Err(ClientError::InvalidUrl(format!(
                     "{url}: only ws:// and wss:// are supported"
                 )));
             }
         };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| ClientError::InvalidUrl(format!("{url}: no host")))?;
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        let mut query = uri.query().map(|q| format!("{q}&")).unwrap_or_default();
-        query.push_str(&format!("authorization=Bearer%20{}", percent_encode(token)));
-        for name in sid_params {
-            query.push_str(&format!("&{}={sid}", percent_encode(name)));
-        }
-        let path = match uri.path() {
-            "" => "/",
-            path => path,
+        let host = match parsed.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(host) => host.to_string(),
+            None => return Err(ClientError::InvalidUrl(format!("{url}: no host"))),
         };
-        let scheme = if secure { "wss" } else { "ws" };
+        // ws and wss are special schemes to the URL standard: 80 and 443.
+        let port = parsed
+            .port_or_known_default()
+            .ok_or_else(|| ClientError::InvalidUrl(format!("{url}: no port")))?;
+        parsed
+            .query_pairs_mut()
+            .append_pair("authorization", &format!("Bearer {token}"))
+            .extend_pairs(sid_params.iter().map(|name| (name, sid.to_string())));
         Ok(UpgradeTarget {
             secure,
             host,
             port,
-            url: format!("{scheme}://{authority}{path}?{query}"),
+            url: parsed.into(),
         })
     }
 }
@@ -466,7 +441,7 @@ mod tests {
 
     #[test]
     fn every_form_of_url_gives_one_upgrade_url() {
-        let query = "authorization=Bearer%20a%20b&x-camp-sid=7";
+        let query = "authorization=Bearer+a+b&x-camp-sid=7";
         assert_eq!(
             url("ws://127.0.0.1:9"),
             format!("ws://127.0.0.1:9/?{query}")

@@ -126,15 +126,19 @@ pub enum Tolerated {
     /// The session id came as `x-cryo-sid`, the protocol's former name (the
     /// stock Node client).
     LegacySidParam,
+    /// `x-camp-sid` came more than once with different values: the first
+    /// is used, as the reference's `URLSearchParams.get` does.
+    RepeatedSidParam,
 }
 
 impl Tolerated {
     /// Every kind, in label order.
-    pub const ALL: [Tolerated; 4] = [
+    pub const ALL: [Tolerated; 5] = [
         Tolerated::ImplicitHandshake,
         Tolerated::PushOffset,
         Tolerated::ForeignSid,
         Tolerated::LegacySidParam,
+        Tolerated::RepeatedSidParam,
     ];
 
     /// The metric label.
@@ -144,6 +148,7 @@ impl Tolerated {
             Tolerated::PushOffset => "push_offset",
             Tolerated::ForeignSid => "foreign_sid",
             Tolerated::LegacySidParam => "legacy_sid_param",
+            Tolerated::RepeatedSidParam => "repeated_sid_param",
         }
     }
 }
@@ -174,7 +179,7 @@ pub struct Metrics {
     /// Data frames dropped by the backpressure policy, by policy.
     queue_drops: [AtomicU64; 3],
     /// Tolerated protocol deviations, by [`Tolerated`] kind.
-    tolerated: [AtomicU64; 4],
+    tolerated: [AtomicU64; Tolerated::ALL.len()],
     /// Limits reached inside sessions, by config key.
     limits_hit: Mutex<Vec<(&'static str, u64)>>,
 }

@@ -46,7 +46,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::client::{Client, ClientError};
 use crate::extension::Pipeline;
-use crate::metrics::{Metrics, Tolerated};
+use crate::metrics::Metrics;
 use crate::protocol;
 use crate::session::transaction::TxLimits;
 use crate::session::{
@@ -125,7 +125,7 @@ impl ServerBuilder {
 
     /// Refuse the deviations the reference server tolerates from the
     /// published clients (default off: they are accepted and counted in
-    /// `camp_protocol_tolerated_total`, see [`Tolerated`]).
+    /// `camp_protocol_tolerated_total`, see [`Tolerated`](crate::metrics::Tolerated)).
     pub fn strict(mut self, strict: bool) -> Self {
         self.strict = strict;
         self
@@ -475,10 +475,10 @@ impl Inner {
             Ok(up) => up,
             Err(refusal) => return self.refuse(&mut stream, remote, refusal).await,
         };
-        if up.legacy_sid {
-            self.session.metrics.tolerated(Tolerated::LegacySidParam);
-            tracing::info!(%remote, sid = up.sid, kind = Tolerated::LegacySidParam.label(),
-                "tolerated, as the reference server does (strict mode refuses it): x-cryo-sid instead of x-camp-sid");
+        for &(kind, what) in &up.tolerated {
+            self.session.metrics.tolerated(kind);
+            tracing::info!(%remote, sid = up.sid, kind = kind.label(),
+                "tolerated, as the reference server does (strict mode refuses it): {what}");
         }
         let shutting_down = *self.shutdown.borrow();
         if shutting_down {

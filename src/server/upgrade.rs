@@ -13,6 +13,7 @@
 /// whose header table lives on the stack.
 pub const MAX_HEADERS: usize = 64;
 
+use crate::metrics::Tolerated;
 pub(crate) use crate::transport::{Prefixed, read_head_max};
 pub use crate::transport::{Refusal, SUBPROTOCOL};
 
@@ -21,8 +22,9 @@ pub use crate::transport::{Refusal, SUBPROTOCOL};
 pub(crate) struct Upgrade {
     /// The session id from `x-camp-sid`.
     pub sid: u64,
-    /// Whether the sid came as `x-cryo-sid` (tolerated, not strict).
-    pub legacy_sid: bool,
+    /// Deviations the reference server accepts and we tolerated (none when
+    /// strict), each with what to log.
+    pub tolerated: Vec<(Tolerated, &'static str)>,
     /// The bearer token (without `Bearer `), for the validator.
     pub token: String,
     /// Whether the client offered the `camp` subprotocol (echoed back).
@@ -100,14 +102,17 @@ pub(crate) fn check(head: &[u8], strict: bool, max_params: usize) -> Result<Upgr
             ),
         ));
     }
-    let param = |name: &str| {
-        query
-            .split('&')
-            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-            .find(|(k, _)| percent_decode(k).eq_ignore_ascii_case(name))
-            .map(|(_, v)| percent_decode(v))
+    // Decoded with the `url` crate's form decoder (`%XX` and `+`, as the
+    // reference's URLSearchParams); names matched case-insensitively.
+    let params_named = |name: &str| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .collect::<Vec<_>>()
     };
-    let authorization = param("authorization")
+    let authorization = params_named("authorization")
+        .into_iter()
+        .next()
         .ok_or_else(|| Refusal::new(401, "no_token", "missing authorization query parameter"))?;
     let token = authorization
         .strip_prefix("Bearer ")
@@ -116,21 +121,42 @@ pub(crate) fn check(head: &[u8], strict: bool, max_params: usize) -> Result<Upgr
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Refusal::new(401, "bad_token", "authorization must be \"Bearer <token>\""))?
         .to_string();
+    let mut tolerated = Vec::new();
     // `x-cryo-sid` is the parameter's former name, which the stock Node
     // client still sends; accepted unless strict.
-    let (sid, legacy_sid) = match param("x-camp-sid") {
-        Some(sid) => (sid, false),
-        None => match param("x-cryo-sid").filter(|_| !strict) {
-            Some(sid) => (sid, true),
-            None => {
-                return Err(Refusal::new(
-                    400,
-                    "no_sid",
-                    "missing x-camp-sid query parameter",
-                ));
-            }
-        },
+    let mut sids = params_named("x-camp-sid");
+    if sids.is_empty() && !strict {
+        sids = params_named("x-cryo-sid");
+        if !sids.is_empty() {
+            tolerated.push((
+                Tolerated::LegacySidParam,
+                "x-cryo-sid instead of x-camp-sid",
+            ));
+        }
+    }
+    let Some(sid) = sids.first() else {
+        return Err(Refusal::new(
+            400,
+            "no_sid",
+            "missing x-camp-sid query parameter",
+        ));
     };
+    // The reference reads the first of repeated parameters; a second,
+    // different sid is ambiguous (which did a proxy or the application
+    // mean?), so strict mode refuses it and otherwise it is counted.
+    if sids.iter().any(|other| other != sid) {
+        if strict {
+            return Err(Refusal::new(
+                400,
+                "bad_sid",
+                "x-camp-sid given more than once with different values",
+            ));
+        }
+        tolerated.push((
+            Tolerated::RepeatedSidParam,
+            "x-camp-sid given more than once with different values; the first is used",
+        ));
+    }
     let sid = sid.parse::<u64>().map_err(|_| {
         Refusal::new(
             400,
@@ -142,36 +168,8 @@ pub(crate) fn check(head: &[u8], strict: bool, max_params: usize) -> Result<Upgr
         sid,
         token,
         camp_subprotocol,
-        legacy_sid,
+        tolerated,
     })
-}
-
-/// Decodes `%XX` escapes and `+` (as a space) of a query component. Invalid
-/// escapes are kept as they are; invalid UTF-8 is replaced.
-pub(crate) fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 #[cfg(test)]
@@ -199,7 +197,7 @@ mod tests {
                 sid: 42,
                 token: "abc".into(),
                 camp_subprotocol: false,
-                legacy_sid: false,
+                tolerated: Vec::new(),
             }
         );
         let up = check(
@@ -221,7 +219,8 @@ mod tests {
     fn the_former_sid_parameter_is_accepted_unless_strict() {
         let path = "/?authorization=Bearer%20a&x-cryo-sid=9";
         let up = check(&head(path, ""), false, 64).unwrap();
-        assert_eq!((up.sid, up.legacy_sid), (9, true));
+        assert_eq!(up.sid, 9);
+        assert_eq!(up.tolerated[0].0, Tolerated::LegacySidParam);
         assert_eq!(check(&head(path, ""), true, 64).unwrap_err().status, 400);
         // Both given: x-camp-sid wins and nothing was tolerated.
         let up = check(
@@ -230,7 +229,7 @@ mod tests {
             64,
         )
         .unwrap();
-        assert_eq!((up.sid, up.legacy_sid), (3, false));
+        assert_eq!((up.sid, up.tolerated.len()), (3, 0));
     }
 
     #[test]
@@ -317,12 +316,33 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding_handles_edge_cases() {
-        assert_eq!(percent_decode("a%20b+c"), "a b c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%C3%A9"), "é");
-        assert_eq!(percent_decode("%4"), "%4");
+    fn query_components_are_form_decoded() {
+        let up = check(
+            &head("/?authorization=Bearer+a%2Bb%C3%A9&x-camp-sid=%34%32", ""),
+            true,
+            64,
+        )
+        .unwrap();
+        assert_eq!((up.sid, up.token.as_str()), (42, "a+bé"));
+    }
+
+    #[test]
+    fn a_repeated_sid_is_refused_when_strict_and_counted_otherwise() {
+        let path = "/?authorization=Bearer%20a&x-camp-sid=5&X-CAMP-SID=6";
+        let refusal = check(&head(path, ""), true, 64).unwrap_err();
+        assert_eq!((refusal.status, refusal.reason), (400, "bad_sid"));
+        assert!(refusal.body.contains("more than once"), "{}", refusal.body);
+        let up = check(&head(path, ""), false, 64).unwrap();
+        assert_eq!(up.sid, 5);
+        assert_eq!(up.tolerated[0].0, Tolerated::RepeatedSidParam);
+        // The same value twice is no ambiguity.
+        let same = "/?authorization=Bearer%20a&x-camp-sid=5&x-camp-sid=5";
+        assert!(
+            check(&head(same, ""), true, 64)
+                .unwrap()
+                .tolerated
+                .is_empty()
+        );
     }
 
     #[test]

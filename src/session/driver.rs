@@ -635,8 +635,16 @@ where
     /// that is ready. `running` is false during the handshake (no commands,
     /// no application, no heartbeat yet).
     fn poll_wake(&mut self, cx: &mut Context<'_>, running: bool) -> Poll<Wake> {
-        if self.waits.shutdown.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Wake::Shutdown);
+        // Wakers are registered once per poll of the task, not per turn:
+        // the first turn of a poll and the last (before `Pending`) look at
+        // everything, registering the task with each source; the turns in
+        // between look only at what has work (the inbox and the queue by
+        // their lengths, no lock or registration when empty), and a timer
+        // or the shutdown signal that fires meanwhile is seen at the next
+        // poll, at most `TURNS_PER_POLL` turns later.
+        let fresh = std::mem::take(&mut self.yielded);
+        if fresh && let Poll::Ready(wake) = self.poll_signals(cx, running) {
+            return Poll::Ready(wake);
         }
         if self.turns_since_yield >= TURNS_PER_POLL {
             // Commands can keep coming without the socket or a timer ever
@@ -653,7 +661,6 @@ where
         // Tokio's cooperative budget is per poll of the task, and reading a
         // large frame can spend all of it: every other poll starts with a
         // full write and flush, so neither direction starves the other.
-        let fresh = std::mem::take(&mut self.yielded);
         if fresh {
             self.write_first = !self.write_first;
         }
@@ -664,7 +671,7 @@ where
         let slot_ready = !running || self.events.ready();
         // Commands and frames take turns being looked at first.
         let commands_first = running && self.turns % 2 == 1;
-        if commands_first && let Poll::Ready(command) = self.inbox.poll_recv(cx) {
+        if commands_first && let Some(command) = self.inbox.try_recv() {
             return self.turn(Wake::Command(command));
         }
         if !paused.any()
@@ -675,7 +682,7 @@ where
         }
         if running
             && !commands_first
-            && let Poll::Ready(command) = self.inbox.poll_recv(cx)
+            && let Some(command) = self.inbox.try_recv()
         {
             return self.turn(Wake::Command(command));
         }
@@ -705,6 +712,29 @@ where
                 }
             }
         }
+        // Nothing else to do: register with every source before sleeping.
+        if running && let Poll::Ready(command) = self.inbox.poll_recv(cx) {
+            return self.turn(Wake::Command(command));
+        }
+        // (Again on a fresh poll: a turn may have re-armed the expiry.)
+        if let Poll::Ready(wake) = self.poll_signals(cx, running) {
+            return Poll::Ready(wake);
+        }
+        // Put what was written on the wire (and register with the queue).
+        self.turns = 0;
+        if let Err(e) = self.poll_write(cx, true) {
+            return Poll::Ready(Wake::WriteFailed(e));
+        }
+        self.yielded = true;
+        self.turns_since_yield = 0;
+        Poll::Pending
+    }
+
+    /// The shutdown signal and the timers (heartbeat, ACK expiry).
+    fn poll_signals(&mut self, cx: &mut Context<'_>, running: bool) -> Poll<Wake> {
+        if self.waits.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wake::Shutdown);
+        }
         if running && self.waits.heartbeat.poll_tick(cx).is_ready() {
             return Poll::Ready(Wake::Tick);
         }
@@ -715,13 +745,6 @@ where
             self.waits.expiry_at = None;
             return Poll::Ready(Wake::Expiry);
         }
-        // Nothing else to do: put what was written on the wire.
-        self.turns = 0;
-        if let Err(e) = self.poll_write(cx, true) {
-            return Poll::Ready(Wake::WriteFailed(e));
-        }
-        self.yielded = true;
-        self.turns_since_yield = 0;
         Poll::Pending
     }
 
@@ -753,9 +776,15 @@ where
                     break;
                 }
                 batches += 1;
-                match self.queue.poll_pop(cx, &mut self.out) {
-                    Poll::Ready(true) => {}
-                    Poll::Ready(false) | Poll::Pending => break,
+                // Only the last turn of a poll (a flush) registers for the
+                // next push; see `poll_wake`.
+                let took = if flush {
+                    matches!(self.queue.poll_pop(cx, &mut self.out), Poll::Ready(true))
+                } else {
+                    self.queue.try_pop(&mut self.out)
+                };
+                if !took {
+                    break;
                 }
             }
             let Some(item) = self.out.front() else { break };

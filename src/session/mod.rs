@@ -211,6 +211,9 @@ pub(crate) struct Inbox {
     state: Mutex<InboxState>,
     /// The session's task, woken by each command.
     waker: futures_util::task::AtomicWaker,
+    /// Whether commands wait (kept under the lock): the task's turns look
+    /// here before taking the lock.
+    filled: AtomicBool,
 }
 
 #[derive(Default)]
@@ -250,7 +253,13 @@ impl Inbox {
 
     /// The next command, if one waits.
     pub(crate) fn try_recv(&self) -> Option<Command> {
-        self.lock().queue.pop_front()
+        if !self.filled.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut s = self.lock();
+        let command = s.queue.pop_front();
+        self.filled.store(!s.queue.is_empty(), Ordering::Release);
+        command
     }
 
     /// Refuses commands from now on; those waiting are dropped (their
@@ -278,6 +287,7 @@ impl CommandSender {
                 return Err(mpsc::error::SendError(command));
             }
             s.queue.push_back(command);
+            self.0.filled.store(true, Ordering::Release);
         }
         self.0.waker.wake();
         Ok(())

@@ -217,6 +217,9 @@ pub(crate) struct Queue {
     /// Whether the queue is at its caps ([`Queue::congested`]), kept up to
     /// date under the lock so the session reads it without locking.
     at_caps: AtomicBool,
+    /// Whether items wait, kept like `at_caps`: the session's turns look
+    /// here before taking the lock.
+    filled: AtomicBool,
 }
 
 /// What a push did.
@@ -237,6 +240,7 @@ impl Queue {
             readable: AtomicWaker::new(),
             room: Notify::new(),
             at_caps: AtomicBool::new(false),
+            filled: AtomicBool::new(false),
         }
     }
 
@@ -357,6 +361,12 @@ impl Queue {
         Poll::Pending
     }
 
+    /// Takes queued items like [`Queue::poll_pop`] if any wait, without
+    /// registering for the next push (and without locking when none do).
+    pub(crate) fn try_pop(&self, into: &mut VecDeque<Item>) -> bool {
+        self.filled.load(Ordering::Acquire) && self.pop(into)
+    }
+
     fn pop(&self, into: &mut VecDeque<Item>) -> bool {
         let mut s = self.lock();
         if s.items.is_empty() {
@@ -394,6 +404,7 @@ impl Queue {
         let at_caps =
             s.items.len() >= self.limits.max_queue_count || s.bytes >= self.limits.max_queued_bytes;
         self.at_caps.store(at_caps, Ordering::Release);
+        self.filled.store(!s.items.is_empty(), Ordering::Release);
     }
 
     /// Waits until a congested queue drained to `low_water_mark` bytes and

@@ -29,13 +29,23 @@ pub(crate) const READ_BUFFER: usize = 8 * 1024;
 
 /// WebSocket settings of both ends: messages a little larger than the
 /// largest CAMP frame still reach the codec, so an oversized frame gets a
-/// precise ERROR.
+/// precise ERROR. The write buffer is capped too (tungstenite's default is
+/// unbounded): tungstenite answers every WebSocket ping with a pong it
+/// writes into that buffer, outside our queue, so a peer that sent pings
+/// and never read grew the server by ~235 MB a second (the attacker trial
+/// of issue 14). At the cap, tungstenite keeps only the latest pong; our
+/// own frames wait for the socket (`Driver::poll_write`).
 pub(crate) fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(2 * protocol::MAX_FRAME))
         .max_frame_size(Some(2 * protocol::MAX_FRAME))
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
 }
+
+/// The WebSocket write buffer's cap: two of the largest frames, so that
+/// one always fits an emptied buffer.
+pub(crate) const MAX_WRITE_BUFFER: usize = 2 * protocol::MAX_FRAME;
 
 /// A dialled connection: plain TCP (`ws://`) or TLS (`wss://`).
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 //! naming the limit and are counted; huge headers, thousands of query
 //! parameters and a 1 MB token get a clear 4xx after at most the head
 //! limit was read; two connections racing for one sid: one wins, the
-//! other gets 409.
+//! other gets 409; a WebSocket ping flood from a peer that never reads.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -384,5 +384,84 @@ async fn churn_on_the_binary_leaves_no_descriptor_or_memory_behind() {
     assert!(
         rss_after < rss_before + 8 * 1024,
         "RSS {rss_before} KiB -> {rss_after} KiB"
+    );
+}
+
+/// A peer that floods WebSocket pings and never reads (the attacker trial
+/// of issue 14): tungstenite answers each ping with a pong written into
+/// its write buffer, outside the session's queue, so reading never paused
+/// and the server grew by ~235 MB a second. With the write buffer capped
+/// (`transport::ws_config`) tungstenite keeps only the latest pong; the
+/// server's memory stays put however many pings arrive.
+#[tokio::test]
+async fn a_websocket_ping_flood_from_a_peer_that_never_reads_stays_bounded() {
+    const MIB: usize = 1 << 20;
+    let args = [
+        "--bind",
+        "127.0.0.1:0",
+        "--no-admin",
+        "--token",
+        TOKEN,
+        "--log",
+        "warn",
+    ];
+    let spawned = crate::common::spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &args).await;
+    let pid = spawned.child.id().unwrap();
+    let addr: SocketAddr = spawned
+        .url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let mut peer = crate::common::RawPeer::connect(addr, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_before = rss_kib(pid);
+    // Masked ping frames (key 0: the payload goes as it is), 125 bytes
+    // each, written straight to the socket 1 MiB at a time.
+    let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+    ping.extend_from_slice(&[b'p'; 125]);
+    let batch: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * (MIB / ping.len()))
+        .collect();
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = peer.ws.get_mut() else {
+        panic!("plain TCP")
+    };
+    let mut sent = 0;
+    while sent < 96 * MIB {
+        let write = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&batch));
+        if write.await.is_err() {
+            break;
+        }
+        sent += batch.len();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = rss_kib(pid).saturating_sub(rss_before);
+    // Unbounded, the pongs alone are 127/131 of what was sent.
+    assert!(
+        sent >= 32 * MIB,
+        "the server stopped reading after {sent} bytes"
+    );
+    assert!(
+        grown < 24 * 1024,
+        "{} MiB of pings unread made the server grow by {} MiB",
+        sent / MIB,
+        grown / 1024
+    );
+    // The session lives on: once the peer reads, a UTF-8 message comes
+    // back (after the pongs still buffered).
+    peer.send(camp_server::protocol::Body::Utf8 {
+        ack: 7,
+        text: "still here".into(),
+    })
+    .await;
+    let echo = tokio::time::timeout(Duration::from_secs(30), peer.recv_data())
+        .await
+        .expect("the echo within 30 s");
+    assert!(
+        matches!(&echo.body, camp_server::protocol::Body::Utf8 { text, .. } if text == "still here"),
+        "{echo:?}"
     );
 }

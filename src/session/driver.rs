@@ -802,11 +802,39 @@ where
             }
             let len = item.len();
             match self.out.pop_front().expect("front exists") {
-                Item::Frame { bytes, ty, .. } => {
+                Item::Frame {
+                    bytes,
+                    ty,
+                    ack,
+                    class,
+                } => {
                     match Pin::new(&mut self.ws).start_send(WsMessage::Binary(bytes)) {
                         Ok(()) => {
                             self.bytes_tx += len as u64;
                             self.tally.frame_out(ty, len);
+                        }
+                        // Tungstenite's pongs to a peer that pings and does
+                        // not read filled its write buffer (capped by
+                        // `transport::ws_config`): the frame waits for the
+                        // socket to take the buffer.
+                        Err(WsError::WriteBufferFull(message)) => {
+                            self.config.metrics.limit_hit("websocket_write_buffer");
+                            if let WsMessage::Binary(bytes) = *message {
+                                self.out.push_front(Item::Frame {
+                                    bytes,
+                                    ty,
+                                    ack,
+                                    class,
+                                });
+                            }
+                            match Pin::new(&mut self.ws).poll_flush(cx) {
+                                Poll::Ready(Ok(())) => continue,
+                                Poll::Ready(Err(e)) => return Err(e),
+                                Poll::Pending => {
+                                    self.write_blocked = true;
+                                    return Ok(());
+                                }
+                            }
                         }
                         // The peer closed the WebSocket: nothing more can
                         // be sent, but tungstenite's echo of its close

@@ -84,17 +84,31 @@ struct Report {
     pull_mb_per_s: Option<f64>,
 }
 
-/// Byte `i` of the stream: depends on the position, so a misplaced chunk
-/// is caught.
-fn pattern_byte(i: u64) -> u8 {
-    ((i % 251) as u8) ^ ((i >> 16) as u8)
-}
+/// Byte `i` of the stream repeats every `PERIOD` bytes, a prime, so that
+/// no chunk, fetch or buffer size lines up with it and a misplaced chunk is
+/// caught.
+const PERIOD: usize = 1_048_573;
 
-/// Fills `buf` with the stream's bytes from `offset` on.
-fn fill_pattern(buf: &mut [u8], offset: u64) {
-    for (k, b) in buf.iter_mut().enumerate() {
-        *b = pattern_byte(offset + k as u64);
-    }
+/// Longest slice [`pattern`] gives.
+const MAX_SLICE: usize = 1 << 20;
+
+/// The stream's bytes from `offset` on, `n` ≤ [`MAX_SLICE`] of them: a
+/// slice of a table built once, so that neither writing the source nor
+/// checking the echo costs the client a computation per byte (it did:
+/// generating the pattern byte by byte took the client more CPU than the
+/// server spent on the whole transfer, and the client set the pace).
+fn pattern(offset: u64, n: usize) -> &'static [u8] {
+    static TABLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..PERIOD + MAX_SLICE)
+            .map(|i| {
+                let i = i % PERIOD;
+                ((i % 251) as u8) ^ ((i >> 16) as u8)
+            })
+            .collect()
+    });
+    let start = (offset % PERIOD as u64) as usize;
+    &table[start..start + n]
 }
 
 /// A temporary source file, removed on drop.
@@ -112,12 +126,10 @@ async fn write_source(size: u64) -> anyhow::Result<Source> {
     let mut file = tokio::fs::File::create(&path)
         .await
         .with_context(|| format!("cannot create {}", path.display()))?;
-    let mut buf = vec![0u8; 1 << 20];
     let mut offset = 0u64;
     while offset < size {
-        let n = (size - offset).min(buf.len() as u64) as usize;
-        fill_pattern(&mut buf[..n], offset);
-        file.write_all(&buf[..n]).await?;
+        let n = (size - offset).min(MAX_SLICE as u64) as usize;
+        file.write_all(pattern(offset, n)).await?;
         offset += n as u64;
     }
     file.flush().await?;
@@ -181,16 +193,14 @@ async fn leg(
         let mut stream = back
             .await
             .with_context(|| format!("the {behaviour} echo was not announced"))?;
-        let mut got = vec![0u8; 1 << 20];
-        let mut want = vec![0u8; 1 << 20];
+        let mut got = vec![0u8; MAX_SLICE];
         let mut offset = 0u64;
         loop {
             let n = stream.read(&mut got).await?;
             if n == 0 {
                 break;
             }
-            fill_pattern(&mut want[..n], offset);
-            if got[..n] != want[..n] {
+            if got[..n] != *pattern(offset, n) {
                 bail!(
                     "the {behaviour} echo differs within bytes {offset}..{}",
                     offset + n as u64
@@ -229,12 +239,12 @@ mod tests {
 
     #[test]
     fn the_pattern_depends_on_the_position() {
-        let mut a = vec![0u8; 300];
-        fill_pattern(&mut a, 0);
-        let mut b = vec![0u8; 300];
-        fill_pattern(&mut b, 1);
-        assert_eq!(a[1..], b[..299]);
-        assert_ne!(a, b);
-        assert_ne!(pattern_byte(5), pattern_byte(5 + 65_536));
+        assert_eq!(pattern(0, 300)[1..], pattern(1, 299)[..]);
+        assert_ne!(pattern(0, 300), pattern(1, 300));
+        assert_ne!(pattern(5, 1), pattern(5 + 65_536, 1));
+        // Periodic, and continuous across the period.
+        assert_eq!(pattern(7, 10), pattern(7 + PERIOD as u64, 10));
+        assert_eq!(pattern(PERIOD as u64 - 3, 6)[3..], pattern(0, 3)[..]);
+        assert_ne!(pattern(0, 4096), pattern(1 << 20, 4096));
     }
 }

@@ -58,6 +58,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod extension;
+mod memory;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The crate's modules depend on each other one way, as the README's tour
 //! tells it: protocol ← metrics ← session ← extension ← client ← server ←
-//! admin, with `transport` and `tls` as leaves (they use only `protocol`).
+//! admin, with `transport`, `tls` and `memory` as leaves (they use only
+//! `protocol`, or nothing).
 //! A `use crate::…` (or any `crate::…` path in code) pointing the other way
 //! fails this test, naming the file and the line.
 
@@ -12,8 +13,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("metrics", &["protocol"]),
     ("transport", &["protocol"]),
     ("tls", &[]),
-    ("session", &["protocol", "metrics"]),
-    ("extension", &["protocol", "metrics", "session"]),
+    ("memory", &[]),
+    ("session", &["protocol", "metrics", "memory"]),
+    ("extension", &["protocol", "metrics", "session", "memory"]),
     (
         "client",
         &[

@@ -106,6 +106,11 @@ const TURNS_PER_FLUSH: u32 = 32;
 /// runtime (tokio's own cooperative budget is 128 operations).
 const TURNS_PER_POLL: u32 = 128;
 
+/// A session whose outgoing queue or receive budget held this much at once
+/// has its freed buffers returned to the system when it ends
+/// (`memory::release_freed_heap_soon`).
+const BIG_SESSION_BYTES: usize = 1024 * 1024;
+
 /// Builds a session on an upgraded WebSocket and runs the CAMP handshake.
 /// On success the session is whole (handle, events, task); the caller runs
 /// [`Driver::run`] (on its own task or awaited in place). On failure the
@@ -973,6 +978,14 @@ where
         // Boxed: the close sequence's state is needed once, at the end, and
         // would otherwise be part of every session's task all its life.
         let info = Box::pin(self.finish(exit)).await;
+        // A session that held megabytes of buffers (a peer that pushed
+        // streams or messages faster than it read) leaves them in the
+        // allocator's arenas: give them back once they are freed.
+        if self.queue.stats().peak_bytes >= BIG_SESSION_BYTES
+            || self.tx.budget().peak() >= BIG_SESSION_BYTES
+        {
+            crate::memory::release_freed_heap_soon();
+        }
         session.set_stats(self.stats());
         session.mark_closed();
         self.filter.clone().closed(&session).await;

@@ -24,6 +24,8 @@ use crate::session::{Command, CommandSender};
 pub(crate) struct RxBudget {
     /// Bytes buffered now.
     used: AtomicUsize,
+    /// The most bytes ever buffered at once.
+    peak: AtomicUsize,
     /// Above this the session stops reading its socket.
     limit: usize,
     /// Wakes the session when readers made room.
@@ -34,13 +36,20 @@ impl RxBudget {
     pub(super) fn new(limit: usize) -> RxBudget {
         RxBudget {
             used: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             limit,
             room: Notify::new(),
         }
     }
 
     pub(super) fn add(&self, n: usize) {
-        self.used.fetch_add(n, Ordering::AcqRel);
+        let used = self.used.fetch_add(n, Ordering::AcqRel) + n;
+        self.peak.fetch_max(used, Ordering::Relaxed);
+    }
+
+    /// The most bytes ever buffered at once.
+    pub(crate) fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
     }
 
     pub(super) fn release(&self, n: usize) {

@@ -430,6 +430,28 @@ where
     })
 }
 
+/// The most of a failed call's stderr quoted in its error, in bytes.
+const MAX_TRAP_STDERR: usize = 512;
+
+/// The message of a trap: what the guest said before it trapped (a Rust
+/// panic's message, a Python exception) first, then the trap itself
+/// without wasmtime's wasm backtrace (logged at debug level instead: it
+/// names functions by index and offset, useless to most readers).
+fn explain_trap(err: &wasmtime::Error, stderr: Option<String>) -> String {
+    tracing::debug!("guest trap with its wasm backtrace: {err:#}");
+    let trap = match err.downcast_ref::<Trap>() {
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => format!("{err:#}"),
+    };
+    match (stderr, err.downcast_ref::<Trap>()) {
+        (Some(said), Some(Trap::UnreachableCodeReached)) if said.contains("panicked at") => {
+            format!("the guest panicked: {said} ({trap})")
+        }
+        (Some(said), _) => format!("{trap}; the guest wrote to stderr: {said}"),
+        (None, _) => trap,
+    }
+}
+
 /// The pipeline's hook set from the WIT flags.
 fn hook_set(flags: WitHookSet) -> HookSet {
     let pairs = [
@@ -462,7 +484,10 @@ impl Instance {
         } else if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
             HookError::Timeout(budget)
         } else {
-            HookError::Trap(format!("{err:#}"))
+            HookError::Trap(explain_trap(
+                &err,
+                data.output.stderr_excerpt(MAX_TRAP_STDERR),
+            ))
         }
     }
 
@@ -490,6 +515,9 @@ impl Instance {
             invoke(&self.bindings, &mut self.store, &call),
         )
         .await;
+        // Classified before the output is flushed: a trap's error quotes
+        // what the guest wrote to stderr.
+        let result = result.map_err(|e| self.classify(e, config, budget));
         let data = self.store.data_mut();
         data.current = None;
         data.output.flush(plugin, session.map(Session::id));
@@ -500,7 +528,7 @@ impl Instance {
                 session.send_from_extension(message);
             }
         }
-        result.map_err(|e| self.classify(e, config, budget))
+        result
     }
 }
 

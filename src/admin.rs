@@ -313,11 +313,18 @@ pub fn render_metrics(server: &Server, report: Option<&dyn AdminReport>) -> Stri
     m.ack_rtt.render(&mut o, "camp_ack_rtt_seconds", "");
 
     let extensions = pipeline.list();
-    let label = |e: &crate::extension::ExtensionInfo| format!("extension=\"{}\"", e.name);
+    // By name and version: a replacement has series of its own.
+    let label = |e: &crate::extension::ExtensionInfo| {
+        if e.version.is_empty() {
+            format!("extension=\"{}\"", e.name)
+        } else {
+            format!("extension=\"{}\",version=\"{}\"", e.name, e.version)
+        }
+    };
     family(
         &mut o,
         "camp_extension_calls_total",
-        "Hook calls, by extension.",
+        "Hook calls, by extension and version.",
         "counter",
         extensions.iter().map(|e| (label(e), load(&e.stats.calls))),
     );
@@ -331,7 +338,7 @@ pub fn render_metrics(server: &Server, report: Option<&dyn AdminReport>) -> Stri
     family(
         &mut o,
         "camp_extension_failures_total",
-        "Hook failures, by extension and kind.",
+        "Hook failures, by extension, version and kind.",
         "counter",
         extensions.iter().flat_map(|e| {
             ExtensionStats::FAILURE_KINDS
@@ -343,7 +350,7 @@ pub fn render_metrics(server: &Server, report: Option<&dyn AdminReport>) -> Stri
     family::<u64>(
         &mut o,
         "camp_hook_duration_seconds",
-        "Hook call latency, by extension.",
+        "Hook call latency, by extension and version.",
         "histogram",
         [],
     );
@@ -386,6 +393,7 @@ pub fn admin_view(server: &Server, report: Option<&dyn AdminReport>) -> Value {
             use std::sync::atomic::Ordering::Relaxed;
             json!({
                 "name": e.name,
+                "version": e.version,
                 "order": e.order,
                 "hooks": e.hooks.iter().map(|h| h.name()).collect::<Vec<_>>(),
                 "failure_policy": e.policy,

@@ -125,8 +125,22 @@ async fn binary_runs_the_example_pipeline_and_hot_reloads_it() {
         metrics.contains("camp_plugin_loaded{plugin=\"rpc\"} 1"),
         "{metrics}"
     );
+    // Extension series are labelled by plugin and version (the content
+    // hash's first 12 digits, as in the extension list and the plugins).
+    let version = view["extensions"][1]["version"].as_str().unwrap();
+    assert_eq!(version.len(), 12);
+    let filter = plugins.iter().find(|p| p["name"] == "filter").unwrap();
+    assert_eq!(filter["loaded"]["version"], version);
     assert!(
-        metrics.contains("camp_extension_drops_total{extension=\"filter\"} 1"),
+        filter["loaded"]["hash"]
+            .as_str()
+            .unwrap()
+            .starts_with(version)
+    );
+    assert!(
+        metrics.contains(&format!(
+            "camp_extension_drops_total{{extension=\"filter\",version=\"{version}\"}} 1"
+        )),
         "{metrics}"
     );
 
@@ -249,14 +263,23 @@ async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
     assert!(grown_mib < 2 * 16 * 18 + 20, "RSS grew by {grown_mib} MiB");
 
     let metrics = admin_get(&admin, "/metrics").await;
-    for needle in [
-        "camp_extension_failures_total{extension=\"probe\",kind=\"limit\"} 40",
-        "camp_extension_failures_total{extension=\"probe\",kind=\"memory\"} 20",
-        "camp_extension_failures_total{extension=\"table-hog\",kind=\"limit\"} 60",
-        "camp_sessions_open 21",
+    for (extension, kind, n) in [
+        ("probe", "limit", 40),
+        ("probe", "memory", 20),
+        ("table-hog", "limit", 60),
     ] {
-        assert!(metrics.contains(needle), "{needle} in:\n{metrics}");
+        let (prefix, suffix) = (
+            format!("camp_extension_failures_total{{extension=\"{extension}\",version=\""),
+            format!("\",kind=\"{kind}\"}} {n}"),
+        );
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.ends_with(&suffix)),
+            "{prefix}…{suffix} in:\n{metrics}"
+        );
     }
+    assert!(metrics.contains("camp_sessions_open 21"), "{metrics}");
     let view: serde_json::Value = serde_json::from_str(&admin_get(&admin, "/admin").await).unwrap();
     let probe = view["extensions"]
         .as_array()
@@ -269,6 +292,8 @@ async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
     drop(clients);
     drop(warm);
     let log = std::fs::read_to_string(&log_path).unwrap();
+    // Logs to a file (not a terminal) are plain text: no ANSI colour codes.
+    assert!(!log.is_empty() && !log.contains('\x1b'), "{log}");
     for needle in [
         "session_store_bytes = 65536",
         "sends_per_call = 16",

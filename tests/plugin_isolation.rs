@@ -206,7 +206,10 @@ async fn a_hundred_failures_later_the_plugin_serves_every_other_session() {
     assert!(stats.failure_count() >= 4, "{}", stats.failure_count());
     let metrics = camp_server::admin::render_metrics(&server.server, None);
     assert!(
-        metrics.contains("camp_extension_failures_total{extension=\"probe\",kind=\"trap\"}"),
+        metrics.contains(&format!(
+            "camp_extension_failures_total{{extension=\"probe\",version=\"{}\",kind=\"trap\"}}",
+            &pipeline.list()[0].version
+        )),
         "{metrics}"
     );
     server.shutdown().await;

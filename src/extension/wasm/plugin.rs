@@ -362,6 +362,19 @@ pub struct PluginMeta {
     pub config: PluginConfig,
 }
 
+/// Hex digits of the content hash that name a plugin version in metrics,
+/// logs and the admin view (48 bits: collisions among one plugin's
+/// versions are out of reach).
+pub const VERSION_DIGITS: usize = 12;
+
+impl PluginMeta {
+    /// The version's short name: the first [`VERSION_DIGITS`] hex digits
+    /// of its content hash.
+    pub fn version(&self) -> &str {
+        &self.hash[..VERSION_DIGITS.min(self.hash.len())]
+    }
+}
+
 /// A loaded WebAssembly plugin version.
 pub struct WasmPlugin {
     /// Facts fixed at load.
@@ -1033,6 +1046,10 @@ fn apply(action: Action, message: &mut Message) -> Result<Verdict, HookError> {
 impl Extension for WasmPlugin {
     fn name(&self) -> &str {
         &self.meta.name
+    }
+
+    fn version(&self) -> &str {
+        self.meta.version()
     }
 
     fn hooks(&self) -> HookSet {

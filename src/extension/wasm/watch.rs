@@ -123,6 +123,9 @@ pub enum WatchError {
 pub struct LoadedVersion {
     /// SHA-256 of the component.
     pub hash: String,
+    /// The version's short name in metrics and the extension list: the
+    /// first 12 hex digits of `hash`.
+    pub version: String,
     /// The name the plugin gives itself.
     pub guest_name: String,
     /// The `camp:extension` version it was built against.
@@ -830,6 +833,7 @@ impl DirInner {
                 );
                 tracked.loaded_config = config_text;
                 tracked.status.loaded = Some(LoadedVersion {
+                    version: meta.version().to_string(),
                     hash: meta.hash,
                     guest_name: meta.guest_name,
                     wit_version: meta.wit_version,

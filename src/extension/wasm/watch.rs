@@ -719,8 +719,7 @@ impl DirInner {
         // Load without holding the state: a load (compile, trial) can take
         // seconds, and the admin view must not wait for it.
         drop(state);
-        for (name, path, print) in settled_changes {
-            let outcome = self.reload(name, path, print);
+        for (name, outcome) in self.reload_all(settled_changes) {
             match outcome {
                 Reload::Loaded => report.loaded.push(name.clone()),
                 Reload::Unchanged => {}
@@ -743,6 +742,61 @@ impl DirInner {
             }
         }
         report
+    }
+
+    /// Reloads `changes`, several at once where cores allow: a plugin
+    /// folder with a Python and a JavaScript plugin compiles both together
+    /// (each compile also spreads its functions over the cores; what runs
+    /// one plugin at a time is parsing, the trial and writing the cache).
+    /// At most [`std::thread::available_parallelism`] loads run at once.
+    /// Outcomes are in the order of `changes`.
+    fn reload_all<'a>(
+        &self,
+        changes: Vec<(&'a String, &'a PathBuf, Fingerprint)>,
+    ) -> Vec<(&'a String, Reload)> {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(changes.len());
+        if workers <= 1 {
+            return changes
+                .into_iter()
+                .map(|(name, path, print)| (name, self.reload(name, path, print)))
+                .collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let outcomes: Vec<Mutex<Option<Reload>>> =
+            changes.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let spawned = std::thread::Builder::new()
+                    .name("camp-plugin-load".into())
+                    .spawn_scoped(scope, || {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((name, path, print)) = changes.get(i) else {
+                                break;
+                            };
+                            *lock(&outcomes[i]) = Some(self.reload(name, path, *print));
+                        }
+                    });
+                if let Err(e) = spawned {
+                    // The other workers (or the loop below) do its share.
+                    tracing::warn!("cannot start a plugin load thread: {e}");
+                }
+            }
+        });
+        changes
+            .iter()
+            .zip(outcomes)
+            .map(|((name, path, print), outcome)| {
+                let outcome = outcome.into_inner().unwrap_or_else(|e| e.into_inner());
+                // Not loaded only if no worker thread could be started.
+                (
+                    *name,
+                    outcome.unwrap_or_else(|| self.reload(name, path, *print)),
+                )
+            })
+            .collect()
     }
 
     /// Loads a changed plugin and swaps it in.

@@ -200,6 +200,7 @@ async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
         .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
         .args(["--token", "secret", "--log", "warn", "--plugins"])
         .arg(dir.path())
+        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .kill_on_drop(true)
@@ -345,4 +346,60 @@ async fn sessions_wait_for_the_initial_plugins_with_a_503_and_readyz_says_when()
     let (client, mut events) = Client::new(&url, "secret").connect().await.unwrap();
     client.send_utf8("hi");
     assert_eq!(reply(&mut events).await.unwrap(), "hi|p");
+}
+
+#[tokio::test]
+async fn compiled_plugins_are_cached_by_default_and_a_flag_turns_it_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_home = tempfile::tempdir().unwrap();
+    std::fs::copy(camp_artifacts::PROBE, dir.path().join("probe.wasm")).unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let base = [
+        "--bind",
+        "127.0.0.1:0",
+        "--admin-bind",
+        "127.0.0.1:0",
+        "--token",
+        "secret",
+        "--log",
+        "warn",
+        "--plugins",
+        dir_arg,
+    ];
+    // Where the probe came from on each start: compiled, or the disk cache.
+    let cache_of_start = async |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let spawned = crate::common::spawn_announcing_with_cache(
+            env!("CARGO_BIN_EXE_camp-server"),
+            &args,
+            cache_home.path(),
+        )
+        .await;
+        crate::common::wait_ready(&spawned.url, "secret").await;
+        let admin = spawned.admin.as_deref().unwrap();
+        let view: serde_json::Value =
+            serde_json::from_str(&admin_get(admin, "/admin").await).unwrap();
+        view["plugins"][0]["loaded"]["timings"]["cache"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(cache_of_start(&[]).await, "compiled");
+    // The default folder: $XDG_CACHE_HOME/camp-server/plugins, private.
+    let folder = cache_home.path().join("camp-server/plugins");
+    assert!(
+        std::fs::read_dir(&folder)
+            .unwrap()
+            .flatten()
+            .any(|f| f.file_name().to_string_lossy().ends_with(".cwasm")),
+        "nothing cached in {}",
+        folder.display()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(cache_of_start(&[]).await, "disk");
+    assert_eq!(cache_of_start(&["--no-plugin-cache"]).await, "compiled");
 }

@@ -172,7 +172,14 @@ struct Instance {
     store: Store<InstanceState>,
     /// Typed exports.
     bindings: Bindings,
+    /// The store's time budget account (the same `Arc` as in its data,
+    /// held here so a call borrows it beside the store without a clone).
+    meter: Arc<budget::CallMeter>,
 }
+
+/// An instance as the pool holds it: boxed, so checking it out and in
+/// moves a pointer, not the store and a dozen typed exports.
+type Pooled = Box<Instance>;
 
 /// The `borrow<session>` handed to hooks (see [`SessionSlot`]).
 fn session_handle() -> Resource<SessionSlot> {
@@ -385,8 +392,9 @@ pub struct WasmPlugin {
     engine: Engine,
     /// The plugin name as shared string for store data.
     name: Arc<str>,
-    /// Idle instances.
-    idle: Mutex<Vec<Instance>>,
+    /// Idle instances: a lock-free queue (as many slots as
+    /// `max_instances`, so a returned instance always fits).
+    idle: crossbeam_queue::ArrayQueue<Pooled>,
     /// One permit per instance that may exist (`max_instances`).
     permits: tokio::sync::Semaphore,
     /// Instances in existence.
@@ -520,10 +528,9 @@ impl Instance {
         data.limit_hit = None;
         data.limiter.exceeded = false;
         data.limiter.table_exceeded = false;
-        let meter = data.meter.clone();
         self.store.set_epoch_deadline(1);
         let result = budget::run(
-            &meter,
+            &self.meter,
             budget,
             invoke(&self.bindings, &mut self.store, &call),
         )
@@ -572,7 +579,7 @@ impl WasmPlugin {
             pre,
             engine,
             name: name.into(),
-            idle: Mutex::new(Vec::new()),
+            idle: crossbeam_queue::ArrayQueue::new(max_instances.max(1)),
             permits: tokio::sync::Semaphore::new(max_instances),
             live: AtomicUsize::new(0),
             failing: Failing::default(),
@@ -589,14 +596,15 @@ impl WasmPlugin {
         plugin.meta.session_opened = flags.contains(WitHookSet::SESSION_OPENED);
         plugin.meta.session_closed = flags.contains(WitHookSet::SESSION_CLOSED);
         plugin.live.store(1, Ordering::Relaxed);
-        lock(&plugin.idle).push(first);
+        // Cannot fail: the queue has room for `max_instances` (≥ 1).
+        let _ = plugin.idle.push(first);
         Ok(plugin)
     }
 
     /// The trial: instantiate (with `on-register`), `name`, `hooks`, then
     /// each declared hook and notification once against a synthetic
     /// session with an empty payload. Returns the instance for the pool.
-    async fn trial(&self) -> Result<(String, WitHookSet, Instance), InstanceError> {
+    async fn trial(&self) -> Result<(String, WitHookSet, Pooled), InstanceError> {
         let mut first = self.instantiate().await?;
         let failed = |call: &'static str| move |error| InstanceError::Call { call, error };
         let guest_name = match self.lifecycle(&mut first, Call::Name).await {
@@ -748,7 +756,7 @@ impl WasmPlugin {
     }
 
     /// Creates a fresh instance and runs `on-register` on it.
-    async fn instantiate(&self) -> Result<Instance, InstanceError> {
+    async fn instantiate(&self) -> Result<Pooled, InstanceError> {
         let config = &self.meta.config;
         let output = GuestOutput::new(config.output_bytes_per_call, self.output_dropped.clone());
         let state = InstanceState {
@@ -777,7 +785,11 @@ impl WasmPlugin {
         let bindings = budget::run(&meter, LIFECYCLE_DEADLINE, self.pre.instantiate(&mut store))
             .await
             .map_err(|e| InstanceError::Instantiate(format!("{e:#}")))?;
-        let mut instance = Instance { store, bindings };
+        let mut instance = Box::new(Instance {
+            store,
+            bindings,
+            meter,
+        });
         let config_text = self.meta.config.config.clone();
         match self
             .lifecycle(&mut instance, Call::OnRegister(&config_text))
@@ -873,7 +885,7 @@ impl WasmPlugin {
 
     /// Takes an idle instance or makes a new one, waiting (fairly, without
     /// a thread) while `max_instances` are busy.
-    async fn checkout(&self) -> Result<(Instance, tokio::sync::SemaphorePermit<'_>), HookError> {
+    async fn checkout(&self) -> Result<(Pooled, tokio::sync::SemaphorePermit<'_>), HookError> {
         // `try_acquire` first: an awaited `acquire` spends the task's
         // cooperative budget and makes the session yield every few calls,
         // which broke the writer's batching (a third of the pipeline's
@@ -886,7 +898,7 @@ impl WasmPlugin {
                 .await
                 .map_err(|_| HookError::Unavailable("plugin retired".into()))?,
         };
-        if let Some(instance) = lock(&self.idle).pop() {
+        if let Some(instance) = self.idle.pop() {
             return Ok((instance, permit));
         }
         self.live.fetch_add(1, Ordering::Relaxed);
@@ -902,17 +914,19 @@ impl WasmPlugin {
     }
 
     /// Returns a healthy instance to the pool (or retires it).
-    async fn checkin(&self, mut instance: Instance) {
+    async fn checkin(&self, mut instance: Pooled) {
         if self.retired.load(Ordering::Acquire) {
             self.retire(&mut instance).await;
             self.live.fetch_sub(1, Ordering::Relaxed);
-        } else {
-            lock(&self.idle).push(instance);
+        } else if self.idle.push(instance).is_err() {
+            // Not reached: at most `max_instances` exist, and the queue
+            // holds as many.
+            self.live.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     /// Drops a broken instance; a new one is made on demand.
-    fn discard(&self, instance: Instance, session: Option<&Session>, what: &str, err: &HookError) {
+    fn discard(&self, instance: Pooled, session: Option<&Session>, what: &str, err: &HookError) {
         drop(instance);
         self.live.fetch_sub(1, Ordering::Relaxed);
         self.discarded.fetch_add(1, Ordering::Relaxed);
@@ -1088,7 +1102,7 @@ impl Extension for WasmPlugin {
 
     fn unregistered(&self) {
         self.retired.store(true, Ordering::Release);
-        let idle = std::mem::take(&mut *lock(&self.idle));
+        let idle: Vec<Pooled> = std::iter::from_fn(|| self.idle.pop()).collect();
         self.live.fetch_sub(idle.len(), Ordering::Relaxed);
         tracing::info!(plugin = &*self.name, hash = %self.meta.hash, "plugin version retired");
         if idle.is_empty() {

@@ -81,8 +81,9 @@ fn a_panic_is_a_trap() {
         panic!("{result:?}")
     };
     assert!(
-        why.starts_with("the guest panicked: ")
-            && why.contains("probe panicked on request")
+        why.starts_with("the guest panicked: panicked at ")
+            && why.contains(".rs:")
+            && why.contains(": probe panicked on request (wasm trap: ")
             && why.contains("unreachable")
             && !why.contains("wasm backtrace")
             && !why.contains("RUST_BACKTRACE"),

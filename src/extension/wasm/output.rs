@@ -133,7 +133,8 @@ impl GuestOutput {
     /// a call that trapped: a guest's panic message or exception (Rust
     /// writes `panicked at FILE:LINE:COL:` and the message, Python a
     /// traceback whose last line is the exception). Lines are joined with
-    /// ` / `, Rust's `note: run with RUST_BACKTRACE` hint is left out, and
+    /// ` / ` (a line ending in `:` runs on into the next), Rust's
+    /// `note: run with RUST_BACKTRACE` hint is left out, and
     /// the text is cut to `max` bytes from its end (the end of a traceback
     /// says most). `None` when the guest wrote nothing to stderr.
     pub(crate) fn stderr_excerpt(&self, max: usize) -> Option<String> {
@@ -142,15 +143,27 @@ impl GuestOutput {
         }
         let capture = self.lock();
         let text = String::from_utf8_lossy(&capture.streams[1].data);
-        let lines: Vec<&str> = text
+        let mut joined = String::new();
+        for line in text
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
-            .collect();
-        if lines.is_empty() {
+        {
+            // `thread '<unnamed>' (1) panicked at`: a guest has one thread,
+            // its name and id say nothing.
+            let line = match line.find("panicked at ") {
+                Some(at) if line.starts_with("thread '") => &line[at..],
+                _ => line,
+            };
+            if !joined.is_empty() {
+                // `panicked at FILE:LINE:COL:` runs on into its message.
+                joined.push_str(if joined.ends_with(':') { " " } else { " / " });
+            }
+            joined.push_str(line);
+        }
+        if joined.is_empty() {
             return None;
         }
-        let joined = lines.join(" / ");
         if joined.len() <= max {
             return Some(joined);
         }

@@ -461,7 +461,8 @@ const MAX_TRAP_STDERR: usize = 512;
 fn explain_trap(err: &wasmtime::Error, stderr: Option<String>) -> String {
     tracing::debug!("guest trap with its wasm backtrace: {err:#}");
     let trap = match err.downcast_ref::<Trap>() {
-        Some(trap) => format!("wasm trap: {trap}"),
+        // Its display reads `wasm trap: …`.
+        Some(trap) => trap.to_string(),
         None => format!("{err:#}"),
     };
     match (stderr, err.downcast_ref::<Trap>()) {

@@ -375,7 +375,7 @@ pub struct PluginMeta {
 pub const VERSION_DIGITS: usize = 12;
 
 impl PluginMeta {
-    /// The version's short name: the first [`VERSION_DIGITS`] hex digits
+    /// The version's short name: the first `VERSION_DIGITS` (12) hex digits
     /// of its content hash.
     pub fn version(&self) -> &str {
         &self.hash[..VERSION_DIGITS.min(self.hash.len())]

@@ -5,7 +5,8 @@
 //! `Store` each), checked out for one call and returned after it, so a call
 //! costs no instantiation and sessions cost nothing. At most
 //! `max_instances` exist; a call that finds them all busy waits its turn
-//! (fairly, without holding a thread). Per-session state lives in the
+//! (first come, first served, without holding a thread); the healthy path
+//! takes no lock. Per-session state lives in the
 //! host's session store.
 //!
 //! Every guest call is async and runs under the time budget of
@@ -175,6 +176,14 @@ struct Instance {
     /// The store's time budget account (the same `Arc` as in its data,
     /// held here so a call borrows it beside the store without a clone).
     meter: Arc<budget::CallMeter>,
+}
+
+/// What a call that waited for an instance got.
+enum Waited {
+    /// A returned instance.
+    Instance(Pooled),
+    /// A reserved place for a new one.
+    Place,
 }
 
 /// An instance as the pool holds it: boxed, so checking it out and in
@@ -395,10 +404,14 @@ pub struct WasmPlugin {
     /// Idle instances: a lock-free queue (as many slots as
     /// `max_instances`, so a returned instance always fits).
     idle: crossbeam_queue::ArrayQueue<Pooled>,
-    /// One permit per instance that may exist (`max_instances`).
-    permits: tokio::sync::Semaphore,
-    /// Instances in existence.
+    /// Instances in existence (at most `max_instances`: a new one is
+    /// made only by raising this below the cap).
     live: AtomicUsize,
+    /// Calls waiting for an instance (all `max_instances` busy).
+    waiting: AtomicUsize,
+    /// Wakes a waiting call when an instance is returned or a place for a
+    /// new one frees up.
+    returned: tokio::sync::Notify,
     /// Sessions that are failing, for per-session back-off.
     failing: Failing,
     /// Set while on probation.
@@ -581,8 +594,9 @@ impl WasmPlugin {
             engine,
             name: name.into(),
             idle: crossbeam_queue::ArrayQueue::new(max_instances.max(1)),
-            permits: tokio::sync::Semaphore::new(max_instances),
             live: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            returned: tokio::sync::Notify::new(),
             failing: Failing::default(),
             on_probation: AtomicBool::new(false),
             probation: Mutex::default(),
@@ -884,29 +898,38 @@ impl WasmPlugin {
         self.failing.count.store(sessions.len(), Ordering::Release);
     }
 
-    /// Takes an idle instance or makes a new one, waiting (fairly, without
-    /// a thread) while `max_instances` are busy.
-    async fn checkout(&self) -> Result<(Pooled, tokio::sync::SemaphorePermit<'_>), HookError> {
-        // `try_acquire` first: an awaited `acquire` spends the task's
-        // cooperative budget and makes the session yield every few calls,
-        // which broke the writer's batching (a third of the pipeline's
-        // throughput in the echo benchmark went to one-frame writes).
-        let permit = match self.permits.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => self
-                .permits
-                .acquire()
-                .await
-                .map_err(|_| HookError::Unavailable("plugin retired".into()))?,
-        };
-        if let Some(instance) = self.idle.pop() {
-            return Ok((instance, permit));
+    /// Takes an idle instance or makes a new one, waiting (without a
+    /// thread) while `max_instances` are busy.
+    ///
+    /// The healthy path is lock-free: one atomic load and a pop from the
+    /// idle queue (checking in is a push and a [`Notify::notify_one`]
+    /// that finds no waiter). Calls that find every instance busy wait in
+    /// [`Notify`]'s first-come queue, and while any is waiting a newcomer
+    /// queues behind it rather than taking the next returned instance.
+    /// Nothing is awaited on the healthy path: an awaited permit spent the
+    /// task's cooperative budget and made sessions yield every few calls
+    /// (a third of the pipeline's echo throughput went to one-frame
+    /// writes).
+    ///
+    /// [`Notify`]: tokio::sync::Notify
+    /// [`Notify::notify_one`]: tokio::sync::Notify::notify_one
+    async fn checkout(&self) -> Result<Pooled, HookError> {
+        if self.waiting.load(Ordering::SeqCst) == 0
+            && let Some(instance) = self.idle.pop()
+        {
+            return Ok(instance);
         }
-        self.live.fetch_add(1, Ordering::Relaxed);
+        if !self.reserve_place() {
+            match self.wait_for_instance().await {
+                Waited::Instance(instance) => return Ok(instance),
+                Waited::Place => {}
+            }
+        }
+        // A place is reserved: make the instance.
         match self.instantiate().await {
-            Ok(instance) => Ok((instance, permit)),
+            Ok(instance) => Ok(instance),
             Err(e) => {
-                self.live.fetch_sub(1, Ordering::Relaxed);
+                self.release_place();
                 Err(HookError::Unavailable(format!(
                     "cannot create an instance: {e}"
                 )))
@@ -914,22 +937,68 @@ impl WasmPlugin {
         }
     }
 
+    /// Waits until an instance is returned or a place for a new one frees
+    /// up, counted in `waiting` meanwhile (also if the call is dropped).
+    async fn wait_for_instance(&self) -> Waited {
+        /// Uncounts the waiting call however it ends.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        loop {
+            // Registered before looking, so a return in between wakes it.
+            let mut returned = std::pin::pin!(self.returned.notified());
+            returned.as_mut().enable();
+            if let Some(instance) = self.idle.pop() {
+                return Waited::Instance(instance);
+            }
+            if self.reserve_place() {
+                return Waited::Place;
+            }
+            returned.await;
+        }
+    }
+
+    /// Reserves a place for a new instance if fewer than `max_instances`
+    /// exist.
+    fn reserve_place(&self) -> bool {
+        let max = self.meta.config.max_instances;
+        self.live
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back the place of an instance that no longer exists, and
+    /// wakes a waiting call to use it.
+    fn release_place(&self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+        self.returned.notify_one();
+    }
+
     /// Returns a healthy instance to the pool (or retires it).
     async fn checkin(&self, mut instance: Pooled) {
         if self.retired.load(Ordering::Acquire) {
             self.retire(&mut instance).await;
-            self.live.fetch_sub(1, Ordering::Relaxed);
+            self.release_place();
         } else if self.idle.push(instance).is_err() {
             // Not reached: at most `max_instances` exist, and the queue
             // holds as many.
-            self.live.fetch_sub(1, Ordering::Relaxed);
+            self.release_place();
+        } else {
+            self.returned.notify_one();
         }
     }
 
     /// Drops a broken instance; a new one is made on demand.
     fn discard(&self, instance: Pooled, session: Option<&Session>, what: &str, err: &HookError) {
         drop(instance);
-        self.live.fetch_sub(1, Ordering::Relaxed);
+        self.release_place();
         self.discarded.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             plugin = &*self.name,
@@ -955,7 +1024,7 @@ impl WasmPlugin {
         message: &mut Message,
     ) -> Result<Verdict, HookError> {
         self.check_backoff(session)?;
-        let (mut instance, _permit) = self.checkout().await?;
+        let mut instance = self.checkout().await?;
         let config = &self.meta.config;
         let reply = instance
             .run(
@@ -993,7 +1062,7 @@ impl WasmPlugin {
             return;
         }
         let what = call.name();
-        let (mut instance, _permit) = match self.checkout().await {
+        let mut instance = match self.checkout().await {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(
@@ -1104,7 +1173,9 @@ impl Extension for WasmPlugin {
     fn unregistered(&self) {
         self.retired.store(true, Ordering::Release);
         let idle: Vec<Pooled> = std::iter::from_fn(|| self.idle.pop()).collect();
-        self.live.fetch_sub(idle.len(), Ordering::Relaxed);
+        self.live.fetch_sub(idle.len(), Ordering::SeqCst);
+        // Their places are free: a call waiting for one takes it.
+        self.returned.notify_waiters();
         tracing::info!(plugin = &*self.name, hash = %self.meta.hash, "plugin version retired");
         if idle.is_empty() {
             return;

@@ -306,3 +306,37 @@ fn max_instances_caps_concurrent_calls_and_waiters_get_the_next_free_one() {
     );
     assert_eq!(plugin.live_instances(), 1, "never more than one instance");
 }
+
+#[test]
+fn calls_waiting_for_the_only_instance_get_it_first_come_first_served() {
+    let plugin = probe("fifo", "{}", "deadline_ms = 300\nmax_instances = 1");
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spawn_call = |sid: u64, text: &'static str| {
+        let (plugin, order) = (plugin.clone(), order.clone());
+        std::thread::spawn(move || {
+            let (session, _outbox) = Session::detached(sid);
+            let (result, _) = call(
+                &*plugin,
+                Hook::OnReceiveUtf8,
+                &session,
+                Message::Utf8(text.into()),
+            );
+            order.lock().unwrap().push(sid);
+            result
+        })
+    };
+    // The only instance is busy for 200 ms; then two calls queue for it,
+    // the first 50 ms before the second.
+    let busy = spawn_call(1, "SLEEP:200");
+    std::thread::sleep(Duration::from_millis(50));
+    let first = spawn_call(2, "SLEEP:100");
+    std::thread::sleep(Duration::from_millis(50));
+    let second = spawn_call(3, "fine");
+    for call in [busy, first, second] {
+        assert_eq!(call.join().unwrap(), Ok(Verdict::Pass));
+    }
+    // The second waiter never overtakes the first, though its call is
+    // the shorter one.
+    assert_eq!(*order.lock().unwrap(), [1, 2, 3]);
+    assert_eq!(plugin.live_instances(), 1);
+}

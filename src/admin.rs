@@ -101,6 +101,13 @@ impl AdminReport for PluginDir {
         );
         family(
             &mut o,
+            "camp_plugin_waiting_calls",
+            "Hook calls waiting for an instance: all max_instances of the serving version busy.",
+            "gauge",
+            per_plugin(|p| p.waiting_calls as u64),
+        );
+        family(
+            &mut o,
             "camp_plugin_output_dropped_bytes_total",
             "Guest stdout/stderr bytes dropped over output_bytes_per_call.",
             "counter",

@@ -122,7 +122,8 @@ async fn binary_runs_the_example_pipeline_and_hot_reloads_it() {
     );
     let metrics = admin_get(&admin, "/metrics").await;
     assert!(
-        metrics.contains("camp_plugin_loaded{plugin=\"rpc\"} 1"),
+        metrics.contains("camp_plugin_loaded{plugin=\"rpc\"} 1")
+            && metrics.contains("camp_plugin_waiting_calls{plugin=\"rpc\"} 0"),
         "{metrics}"
     );
     // Extension series are labelled by plugin and version (the content

@@ -325,18 +325,28 @@ fn calls_waiting_for_the_only_instance_get_it_first_come_first_served() {
             result
         })
     };
-    // The only instance is busy for 200 ms; then two calls queue for it,
-    // the first 50 ms before the second.
-    let busy = spawn_call(1, "SLEEP:200");
-    std::thread::sleep(Duration::from_millis(50));
+    // The only instance is busy for 250 ms; then two calls queue for it,
+    // one after the other.
+    let queued = |n: usize| {
+        wait_until("the call waits for the instance", || {
+            plugin.waiting_calls() == n
+        });
+        // Counted just before it takes its place in the queue.
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let busy = spawn_call(1, "SLEEP:250");
+    wait_until("the first call runs", || plugin.live_instances() == 1);
+    std::thread::sleep(Duration::from_millis(20));
     let first = spawn_call(2, "SLEEP:100");
-    std::thread::sleep(Duration::from_millis(50));
-    let second = spawn_call(3, "fine");
+    queued(1);
+    let second = spawn_call(3, "SLEEP:50");
+    queued(2);
     for call in [busy, first, second] {
         assert_eq!(call.join().unwrap(), Ok(Verdict::Pass));
     }
     // The second waiter never overtakes the first, though its call is
-    // the shorter one.
+    // the shorter one: served in turn, they end 100 ms, then 50 ms after
+    // the busy one (served the other way round, the first would end last).
     assert_eq!(*order.lock().unwrap(), [1, 2, 3]);
     assert_eq!(plugin.live_instances(), 1);
 }

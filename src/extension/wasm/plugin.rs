@@ -699,6 +699,11 @@ impl WasmPlugin {
         self.live.load(Ordering::Relaxed)
     }
 
+    /// Calls waiting now for an instance (all `max_instances` busy).
+    pub fn waiting_calls(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// Sessions in back-off or with recent failures now.
     pub fn failing_sessions(&self) -> usize {
         self.failing.count.load(Ordering::Relaxed)

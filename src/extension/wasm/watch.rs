@@ -167,6 +167,9 @@ pub struct PluginStatus {
     pub failing_sessions: usize,
     /// Instances of the serving version alive now (at most `max_instances`).
     pub instances: usize,
+    /// Hook calls waiting now for an instance of the serving version
+    /// (every one of its `max_instances` busy).
+    pub waiting_calls: usize,
     /// Bytes of guest stdout/stderr dropped over `output_bytes_per_call`
     /// by the serving version.
     pub output_dropped_bytes: u64,
@@ -433,6 +436,7 @@ impl PluginDir {
                     status.on_probation = t.previous.is_some();
                     status.failing_sessions = serving.failing_sessions();
                     status.instances = serving.live_instances();
+                    status.waiting_calls = serving.waiting_calls();
                     status.output_dropped_bytes = serving.output_dropped_bytes();
                 }
                 status
@@ -692,6 +696,7 @@ impl DirInner {
                     on_probation: false,
                     failing_sessions: 0,
                     instances: 0,
+                    waiting_calls: 0,
                     output_dropped_bytes: 0,
                 },
             });

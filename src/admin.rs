@@ -101,6 +101,13 @@ impl AdminReport for PluginDir {
         );
         family(
             &mut o,
+            "camp_plugin_waiting_calls",
+            "Hook calls waiting for an instance: all max_instances of the serving version busy.",
+            "gauge",
+            per_plugin(|p| p.waiting_calls as u64),
+        );
+        family(
+            &mut o,
             "camp_plugin_output_dropped_bytes_total",
             "Guest stdout/stderr bytes dropped over output_bytes_per_call.",
             "counter",
@@ -313,11 +320,18 @@ pub fn render_metrics(server: &Server, report: Option<&dyn AdminReport>) -> Stri
     m.ack_rtt.render(&mut o, "camp_ack_rtt_seconds", "");
 
     let extensions = pipeline.list();
-    let label = |e: &crate::extension::ExtensionInfo| format!("extension=\"{}\"", e.name);
+    // By name and version: a replacement has series of its own.
+    let label = |e: &crate::extension::ExtensionInfo| {
+        if e.version.is_empty() {
+            format!("extension=\"{}\"", e.name)
+        } else {
+            format!("extension=\"{}\",version=\"{}\"", e.name, e.version)
+        }
+    };
     family(
         &mut o,
         "camp_extension_calls_total",
-        "Hook calls, by extension.",
+        "Hook calls, by extension and version.",
         "counter",
         extensions.iter().map(|e| (label(e), load(&e.stats.calls))),
     );
@@ -331,7 +345,7 @@ pub fn render_metrics(server: &Server, report: Option<&dyn AdminReport>) -> Stri
     family(
         &mut o,
         "camp_extension_failures_total",
-        "Hook failures, by extension and kind.",
+        "Hook failures, by extension, version and kind.",
         "counter",
         extensions.iter().flat_map(|e| {
             ExtensionStats::FAILURE_KINDS
@@ -343,7 +357,7 @@ pub fn render_metrics(server: &Server, report: Option<&dyn AdminReport>) -> Stri
     family::<u64>(
         &mut o,
         "camp_hook_duration_seconds",
-        "Hook call latency, by extension.",
+        "Hook call latency, by extension and version.",
         "histogram",
         [],
     );
@@ -386,6 +400,7 @@ pub fn admin_view(server: &Server, report: Option<&dyn AdminReport>) -> Value {
             use std::sync::atomic::Ordering::Relaxed;
             json!({
                 "name": e.name,
+                "version": e.version,
                 "order": e.order,
                 "hooks": e.hooks.iter().map(|h| h.name()).collect::<Vec<_>>(),
                 "failure_policy": e.policy,

@@ -55,6 +55,33 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The `plugin_cache` key: a folder, or `true`/`false` for the default
+/// folder or none.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum PluginCache {
+    /// `true`: the default folder; `false`: no disk cache.
+    Enabled(bool),
+    /// This folder.
+    Dir(PathBuf),
+}
+
+/// The compiled-plugin cache folder used unless configured:
+/// `$XDG_CACHE_HOME/camp-server/plugins`, else
+/// `$HOME/.cache/camp-server/plugins` (the XDG Base Directory
+/// Specification's user cache); `None` (memory only) when neither
+/// variable is set to an absolute path.
+pub fn default_plugin_cache() -> Option<PathBuf> {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    absolute("XDG_CACHE_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".cache")))
+        .map(|cache| cache.join("camp-server").join("plugins"))
+}
+
 /// A partial configuration: what the file or the flags say. Unset keys fall
 /// back to the next source, then to the defaults.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -79,9 +106,11 @@ pub struct Config {
     pub log: Option<String>,
     /// The plugin folder (watched for hot reload).
     pub plugins: Option<PathBuf>,
-    /// Where compiled plugins are cached across restarts (memory only when
-    /// unset). Must be private to the server: it holds native code.
-    pub plugin_cache: Option<PathBuf>,
+    /// Where compiled plugins are cached across restarts: a folder, or
+    /// `false` for memory only (every start compiles again). Default:
+    /// [`default_plugin_cache`] (`$XDG_CACHE_HOME/camp-server/plugins`).
+    /// Must be private to the server: it holds native code.
+    pub plugin_cache: Option<PluginCache>,
     /// How often the plugin folder is scanned when it cannot be watched
     /// (inotify limit reached and the like): default 1000 ms.
     pub plugin_poll_ms: Option<u64>,
@@ -247,7 +276,7 @@ pub struct Settings {
     pub log: String,
     /// Plugin folder, if any.
     pub plugins: Option<PathBuf>,
-    /// Cache folder for compiled plugins, if any.
+    /// Cache folder for compiled plugins (`None`: memory only).
     pub plugin_cache: Option<PathBuf>,
     /// Scan interval of a plugin folder that cannot be watched.
     pub plugin_poll: Duration,
@@ -462,7 +491,11 @@ impl Config {
             strict: self.strict.unwrap_or(false),
             log: self.log.unwrap_or_else(|| "info".into()),
             plugins: self.plugins,
-            plugin_cache: self.plugin_cache,
+            plugin_cache: match self.plugin_cache {
+                None | Some(PluginCache::Enabled(true)) => default_plugin_cache(),
+                Some(PluginCache::Enabled(false)) => None,
+                Some(PluginCache::Dir(dir)) => Some(dir),
+            },
             plugin_poll: Duration::from_millis(plugin_poll_ms),
             plugin_defaults,
             tls,
@@ -546,6 +579,18 @@ mod tests {
         assert_eq!(s.backpressure.drop_policy, DropPolicy::DropNewest);
         assert_eq!(s.admin.unwrap().port(), 9999);
         assert_eq!(s.plugin_cache, Some(PathBuf::from("cache")));
+        // Off with `false`; the default folder when unset or `true`.
+        for (text, expected) in [
+            ("plugin_cache = false", None),
+            ("plugin_cache = true", default_plugin_cache()),
+            ("", default_plugin_cache()),
+        ] {
+            let s = Config::parse(&format!("tokens = [\"a\"]\n{text}"))
+                .unwrap()
+                .resolve()
+                .unwrap();
+            assert_eq!(s.plugin_cache, expected, "{text}");
+        }
         assert_eq!(s.plugin_poll, Duration::from_millis(250));
         let up = s.upgrade_limits;
         assert_eq!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use camp_server::config::{
-    AdminConfig, BackpressureConfig, Config, LimitsConfig, TlsConfig as TlsFiles,
+    AdminConfig, BackpressureConfig, Config, LimitsConfig, PluginCache, TlsConfig as TlsFiles,
 };
 use camp_server::extension::wasm::{DirOptions, HostOptions, PluginHost, TokenPlugin, WatchMode};
 use camp_server::extension::{Message, Pipeline};
@@ -77,9 +77,15 @@ struct Args {
     /// [default: 1000].
     #[arg(long)]
     plugin_poll_ms: Option<u64>,
-    /// Folder where compiled plugins are cached across restarts.
-    #[arg(long)]
+    /// Folder where compiled plugins are cached across restarts
+    /// [default: $XDG_CACHE_HOME/camp-server/plugins, else
+    /// ~/.cache/camp-server/plugins].
+    #[arg(long, conflicts_with = "no_plugin_cache")]
     plugin_cache: Option<PathBuf>,
+    /// Keep compiled plugins in memory only: every start compiles them
+    /// again (`plugin_cache = false`).
+    #[arg(long)]
+    no_plugin_cache: bool,
     /// PEM certificate chain: serve TLS (wss://) with it (needs --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -111,7 +117,10 @@ impl Args {
             strict: self.strict.then_some(true),
             log: self.log.clone(),
             plugins: self.plugins.clone(),
-            plugin_cache: self.plugin_cache.clone(),
+            plugin_cache: match (&self.plugin_cache, self.no_plugin_cache) {
+                (_, true) => Some(PluginCache::Enabled(false)),
+                (dir, false) => dir.clone().map(PluginCache::Dir),
+            },
             plugin_poll_ms: self.plugin_poll_ms,
             plugin_defaults: None,
             tls: self.tls_cert.clone().map(|cert| TlsFiles {
@@ -167,10 +176,26 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     let pipeline = Pipeline::new();
-    let host = PluginHost::new(HostOptions {
-        cache_dir: settings.plugin_cache.clone(),
+    // No plugin, no cache folder.
+    let uses_plugins = settings.plugins.is_some() || settings.token_plugin.is_some();
+    let cache_dir = settings.plugin_cache.clone().filter(|_| uses_plugins);
+    let host = match PluginHost::new(HostOptions {
+        cache_dir: cache_dir.clone(),
         defaults: settings.plugin_defaults.clone(),
-    })?;
+    }) {
+        Err(e @ camp_server::extension::wasm::HostError::Cache { .. }) => {
+            // A cache that cannot be used costs start-up time, not service.
+            tracing::warn!("{e}; compiled plugins are kept in memory only (plugin_cache)");
+            PluginHost::new(HostOptions {
+                cache_dir: None,
+                defaults: settings.plugin_defaults.clone(),
+            })?
+        }
+        host => host?,
+    };
+    if let Some(dir) = &cache_dir {
+        tracing::debug!(dir = %dir.display(), "compiled plugins cached in");
+    }
     // With a plugin folder, sessions are refused (503) until its plugins
     // are loaded, while the listeners, the admin view and /readyz are up
     // at once.

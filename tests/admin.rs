@@ -175,3 +175,59 @@ async fn binary_refuses_a_bad_config_naming_the_key() {
         "{err}"
     );
 }
+
+/// Passes everything; its version is chosen by the test.
+struct Versioned(&'static str);
+impl Extension for Versioned {
+    fn name(&self) -> &str {
+        "filter"
+    }
+    fn version(&self) -> &str {
+        self.0
+    }
+    fn hooks(&self) -> HookSet {
+        HookSet::NONE.with(Hook::OnReceiveUtf8)
+    }
+    fn call<'a>(&'a self, _: Hook, _: &'a Session, _: &'a mut Message) -> HookFuture<'a> {
+        Box::pin(std::future::ready(Ok(Verdict::Pass)))
+    }
+}
+
+#[tokio::test]
+async fn a_replacement_version_gets_series_of_its_own() {
+    let server = TestServer::echo(Server::builder()).await;
+    let pipeline = server.server.pipeline();
+    let (session, _outbox) = Session::detached(9);
+    let calls = async |n: usize| {
+        for _ in 0..n {
+            let mut m = Message::Utf8("x".into());
+            pipeline.run(Hook::OnReceiveUtf8, &session, &mut m).await;
+        }
+    };
+    let count = |version: &str| {
+        let m = camp_server::admin::render_metrics(&server.server, None);
+        let series = format!(
+            "camp_hook_duration_seconds_count{{extension=\"filter\",version=\"{version}\"}}"
+        );
+        m.lines()
+            .find_map(|l| l.strip_prefix(&series).and_then(|r| r.strip_prefix(' ')))
+            .map(|v| v.parse::<u64>().unwrap())
+    };
+    pipeline.upsert(std::sync::Arc::new(Versioned("aaaaaaaaaaaa")), 0);
+    calls(3).await;
+    assert_eq!(count("aaaaaaaaaaaa"), Some(3));
+    // A new version (say the Python port of a Rust plugin): its own
+    // histogram, starting at zero; the old version's series is gone.
+    pipeline.upsert(std::sync::Arc::new(Versioned("bbbbbbbbbbbb")), 0);
+    calls(2).await;
+    assert_eq!(count("bbbbbbbbbbbb"), Some(2));
+    assert_eq!(count("aaaaaaaaaaaa"), None);
+    // The same version registered again (a configuration change) keeps
+    // its counters.
+    pipeline.upsert(std::sync::Arc::new(Versioned("bbbbbbbbbbbb")), 5);
+    calls(1).await;
+    assert_eq!(count("bbbbbbbbbbbb"), Some(3));
+    let view = camp_server::admin::admin_view(&server.server, None);
+    assert_eq!(view["extensions"][0]["version"], "bbbbbbbbbbbb");
+    assert_eq!(view["extensions"][0]["calls"], 3);
+}

@@ -122,11 +122,26 @@ async fn binary_runs_the_example_pipeline_and_hot_reloads_it() {
     );
     let metrics = admin_get(&admin, "/metrics").await;
     assert!(
-        metrics.contains("camp_plugin_loaded{plugin=\"rpc\"} 1"),
+        metrics.contains("camp_plugin_loaded{plugin=\"rpc\"} 1")
+            && metrics.contains("camp_plugin_waiting_calls{plugin=\"rpc\"} 0"),
         "{metrics}"
     );
+    // Extension series are labelled by plugin and version (the content
+    // hash's first 12 digits, as in the extension list and the plugins).
+    let version = view["extensions"][1]["version"].as_str().unwrap();
+    assert_eq!(version.len(), 12);
+    let filter = plugins.iter().find(|p| p["name"] == "filter").unwrap();
+    assert_eq!(filter["loaded"]["version"], version);
     assert!(
-        metrics.contains("camp_extension_drops_total{extension=\"filter\"} 1"),
+        filter["loaded"]["hash"]
+            .as_str()
+            .unwrap()
+            .starts_with(version)
+    );
+    assert!(
+        metrics.contains(&format!(
+            "camp_extension_drops_total{{extension=\"filter\",version=\"{version}\"}} 1"
+        )),
         "{metrics}"
     );
 
@@ -186,6 +201,7 @@ async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
         .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
         .args(["--token", "secret", "--log", "warn", "--plugins"])
         .arg(dir.path())
+        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .kill_on_drop(true)
@@ -249,14 +265,23 @@ async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
     assert!(grown_mib < 2 * 16 * 18 + 20, "RSS grew by {grown_mib} MiB");
 
     let metrics = admin_get(&admin, "/metrics").await;
-    for needle in [
-        "camp_extension_failures_total{extension=\"probe\",kind=\"limit\"} 40",
-        "camp_extension_failures_total{extension=\"probe\",kind=\"memory\"} 20",
-        "camp_extension_failures_total{extension=\"table-hog\",kind=\"limit\"} 60",
-        "camp_sessions_open 21",
+    for (extension, kind, n) in [
+        ("probe", "limit", 40),
+        ("probe", "memory", 20),
+        ("table-hog", "limit", 60),
     ] {
-        assert!(metrics.contains(needle), "{needle} in:\n{metrics}");
+        let (prefix, suffix) = (
+            format!("camp_extension_failures_total{{extension=\"{extension}\",version=\""),
+            format!("\",kind=\"{kind}\"}} {n}"),
+        );
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.ends_with(&suffix)),
+            "{prefix}…{suffix} in:\n{metrics}"
+        );
     }
+    assert!(metrics.contains("camp_sessions_open 21"), "{metrics}");
     let view: serde_json::Value = serde_json::from_str(&admin_get(&admin, "/admin").await).unwrap();
     let probe = view["extensions"]
         .as_array()
@@ -269,6 +294,8 @@ async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
     drop(clients);
     drop(warm);
     let log = std::fs::read_to_string(&log_path).unwrap();
+    // Logs to a file (not a terminal) are plain text: no ANSI colour codes.
+    assert!(!log.is_empty() && !log.contains('\x1b'), "{log}");
     for needle in [
         "session_store_bytes = 65536",
         "sends_per_call = 16",
@@ -320,4 +347,60 @@ async fn sessions_wait_for_the_initial_plugins_with_a_503_and_readyz_says_when()
     let (client, mut events) = Client::new(&url, "secret").connect().await.unwrap();
     client.send_utf8("hi");
     assert_eq!(reply(&mut events).await.unwrap(), "hi|p");
+}
+
+#[tokio::test]
+async fn compiled_plugins_are_cached_by_default_and_a_flag_turns_it_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_home = tempfile::tempdir().unwrap();
+    std::fs::copy(camp_artifacts::PROBE, dir.path().join("probe.wasm")).unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let base = [
+        "--bind",
+        "127.0.0.1:0",
+        "--admin-bind",
+        "127.0.0.1:0",
+        "--token",
+        "secret",
+        "--log",
+        "warn",
+        "--plugins",
+        dir_arg,
+    ];
+    // Where the probe came from on each start: compiled, or the disk cache.
+    let cache_of_start = async |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let spawned = crate::common::spawn_announcing_with_cache(
+            env!("CARGO_BIN_EXE_camp-server"),
+            &args,
+            cache_home.path(),
+        )
+        .await;
+        crate::common::wait_ready(&spawned.url, "secret").await;
+        let admin = spawned.admin.as_deref().unwrap();
+        let view: serde_json::Value =
+            serde_json::from_str(&admin_get(admin, "/admin").await).unwrap();
+        view["plugins"][0]["loaded"]["timings"]["cache"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(cache_of_start(&[]).await, "compiled");
+    // The default folder: $XDG_CACHE_HOME/camp-server/plugins, private.
+    let folder = cache_home.path().join("camp-server/plugins");
+    assert!(
+        std::fs::read_dir(&folder)
+            .unwrap()
+            .flatten()
+            .any(|f| f.file_name().to_string_lossy().ends_with(".cwasm")),
+        "nothing cached in {}",
+        folder.display()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(cache_of_start(&[]).await, "disk");
+    assert_eq!(cache_of_start(&["--no-plugin-cache"]).await, "compiled");
 }

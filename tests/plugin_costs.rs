@@ -128,3 +128,87 @@ fn plugin_costs() {
         );
     }
 }
+
+/// Our artifact cache against wasmtime's own (`Config::cache`, the
+/// well-kept option): the time a restarted server takes to get the
+/// compiled Python and JavaScript filters from disk, and the resident
+/// memory that adds, each from a folder filled by a first compile.
+/// Ignored by default (it compiles the big guests); run it alone:
+///
+/// ```sh
+/// cargo test --release --test tests artifact_cache -- --ignored --nocapture --test-threads=1
+/// ```
+#[test]
+#[ignore = "measurement: run alone with --ignored --nocapture"]
+fn artifact_cache_against_wasmtimes_own() {
+    use wasmtime::component::Component;
+    let wasmtime_engine = |dir: &std::path::Path| {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.concurrency_support(false);
+        let mut cache = wasmtime::CacheConfig::new();
+        cache.with_directory(dir);
+        config.cache(Some(wasmtime::Cache::new(cache).unwrap()));
+        wasmtime::Engine::new(&config).unwrap()
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "| guest | first compile | ours: fetch (RSS +) | wasmtime's: fetch (RSS +) | cache size ours / wasmtime's |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (lang, path) in [
+        ("Python", camp_artifacts::FILTER_PYTHON),
+        ("JavaScript", camp_artifacts::FILTER_JS),
+    ] {
+        let data = bytes(path);
+        let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let size = |dir: &std::path::Path| -> u64 {
+            fn walk(dir: &std::path::Path) -> u64 {
+                std::fs::read_dir(dir)
+                    .map(|entries| {
+                        entries
+                            .flatten()
+                            .map(|e| match e.metadata() {
+                                Ok(m) if m.is_dir() => walk(&e.path()),
+                                Ok(m) => m.len(),
+                                Err(_) => 0,
+                            })
+                            .sum()
+                    })
+                    .unwrap_or(0)
+            }
+            walk(dir)
+        };
+        // Fill both caches.
+        let host = fresh_host(ours.path());
+        let (_, cold) = host.load("filter", &data, config("")).unwrap();
+        host.shutdown();
+        drop(host);
+        Component::new(&wasmtime_engine(theirs.path()), &data).unwrap();
+        // A restart: a new engine (a new process's) fetching from each.
+        let host = fresh_host(ours.path());
+        let before = rss_mib();
+        let (plugin, warm) = host.load("filter", &data, config("")).unwrap();
+        assert_eq!(warm.cache, camp_server::extension::wasm::CacheOutcome::Disk);
+        let ours_rss = rss_mib() - before;
+        drop(plugin);
+        host.shutdown();
+        let engine = wasmtime_engine(theirs.path());
+        let before = rss_mib();
+        let started = Instant::now();
+        let component = Component::new(&engine, &data).unwrap();
+        let theirs_took = started.elapsed();
+        let theirs_rss = rss_mib() - before;
+        drop(component);
+        println!(
+            "| {lang} | {:.0} ms | {:.1} ms (+{:.0} MiB) | {:.1} ms (+{:.0} MiB) | {:.0} / {:.0} MB |",
+            ms(cold.compile),
+            ms(warm.compile),
+            ours_rss,
+            ms(theirs_took),
+            theirs_rss,
+            size(ours.path()) as f64 / 1e6,
+            size(theirs.path()) as f64 / 1e6,
+        );
+    }
+}

@@ -511,6 +511,28 @@ fn components_that_do_not_fit_the_world_are_refused() {
         "{err}"
     );
     assert!(err.to_string().contains("on-receive-error"), "{err}");
+    // And the world the file targets instead, from its exports.
+    assert!(
+        err.to_string()
+            .contains("the file targets a world of its own, exporting: run"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("wit/camp-extension.wit"), "{err}");
+    // A WASI command (a main function) is named as one.
+    let command = br#"(component
+        (core module $m (func (export "run") (result i32) i32.const 0))
+        (core instance $i (instantiate $m))
+        (func $run (result (result)) (canon lift (core func $i "run")))
+        (instance $e (export "run" (func $run)))
+        (export "wasi:cli/run@0.2.0" (instance $e)))"#;
+    let err = host()
+        .load("command", command, config(""))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::World { message, .. } if message.contains("the file targets wasi:cli/command") && message.contains("missing exports of the camp:extension/plugin world: name, hooks")),
+        "{err}"
+    );
     let err = host()
         .load("garbage", b"\0asm not really", config(""))
         .map(|_| ())
@@ -530,7 +552,20 @@ fn components_that_do_not_fit_the_world_are_refused() {
         (import "wasi:http/types@0.2.3" (instance (export "fields" (type (sub resource))))))"#;
     let err = host().load("js", http, config("")).map(|_| ()).unwrap_err();
     assert!(
-        matches!(&err, LoadError::World { message, .. } if message.contains("wasi:http") && message.contains("-d http fetch-event")),
+        matches!(&err, LoadError::World { message, .. } if message.contains("imports the host does not offer: wasi:http/types@0.2.3") && message.contains("--disable http fetch-event")),
+        "{err}"
+    );
+    // Any other import the host does not offer is named with what the
+    // host does offer and how to lose it.
+    let nn = br#"(component
+        (import "wasi:nn/graph@0.2.0-rc-2024-10-28" (instance (export "graph" (type (sub resource)))))
+        (import "acme:kv/store" (instance)))"#;
+    let err = host().load("nn", nn, config("")).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::World { message, .. }
+            if message.contains("imports the host does not offer: wasi:nn/graph@0.2.0-rc-2024-10-28, acme:kv/store")
+            && message.contains("granted per plugin by [capabilities] in NAME.toml")
+            && message.contains("remove the library or build option that brings the import in")),
         "{err}"
     );
     // on-register refusing is reported as such.

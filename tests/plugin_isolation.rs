@@ -206,7 +206,10 @@ async fn a_hundred_failures_later_the_plugin_serves_every_other_session() {
     assert!(stats.failure_count() >= 4, "{}", stats.failure_count());
     let metrics = camp_server::admin::render_metrics(&server.server, None);
     assert!(
-        metrics.contains("camp_extension_failures_total{extension=\"probe\",kind=\"trap\"}"),
+        metrics.contains(&format!(
+            "camp_extension_failures_total{{extension=\"probe\",version=\"{}\",kind=\"trap\"}}",
+            &pipeline.list()[0].version
+        )),
         "{metrics}"
     );
     server.shutdown().await;
@@ -615,12 +618,27 @@ fn sends_over_the_payload_limit_and_log_floods_are_bounded() {
     );
     assert_eq!(outbox.try_recv(), None);
     // 100 lines of 100 bytes through host.log: 10 fit in the 1,000 bytes.
-    let (result, _) = call(
-        &*probe,
-        Hook::OnReceiveUtf8,
-        &session,
-        Message::Utf8("LOGFLOOD:100".into()),
-    );
+    let flood = || {
+        call(
+            &*probe,
+            Hook::OnReceiveUtf8,
+            &session,
+            Message::Utf8("LOGFLOOD:100".into()),
+        )
+        .0
+    };
+    let capture = LogCapture::default();
+    let result = tracing::subscriber::with_default(capture.subscriber(), flood);
+    assert_eq!(result, Ok(Verdict::Pass));
+    assert_eq!(probe.output_dropped_bytes(), 90 * 100);
+    assert_eq!(capture.text().matches(&"l".repeat(100)).count(), 10);
+    // With the level off (a log filter at warn) the host does nothing with
+    // the lines: none is counted against the budget.
+    let warn_only = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::sink)
+        .finish();
+    let result = tracing::subscriber::with_default(warn_only, flood);
     assert_eq!(result, Ok(Verdict::Pass));
     assert_eq!(probe.output_dropped_bytes(), 90 * 100);
 }

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::plugin_support::*;
 use camp_server::extension::wasm::{
@@ -344,4 +344,31 @@ fn a_file_caught_half_written_is_waited_for_not_reported_as_broken() {
         plugins.rescan();
         status(&plugins, "probe").is_some_and(|s| s.load_errors == 1)
     });
+}
+
+#[test]
+fn the_initial_plugins_load_in_parallel_where_cores_allow() {
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("one core: loads run one after the other");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Two plugins whose load waits 900 ms each (on-register sleeps; the
+    // sleep needs no core, so a busy machine does not stretch it).
+    for name in ["a", "b"] {
+        std::fs::copy(PROBE, tmp.path().join(format!("{name}.wasm"))).unwrap();
+        std::fs::write(
+            tmp.path().join(format!("{name}.toml")),
+            "config = '{\"register_sleep_ms\":900,\"hooks\":[\"on-receive-utf8\"]}'\n",
+        )
+        .unwrap();
+    }
+    let pipeline = Pipeline::new();
+    let started = Instant::now();
+    let (plugins, report) = host().open_dir(tmp.path(), pipeline.clone(), options());
+    let took = started.elapsed();
+    assert_eq!(report.loaded, ["a", "b"], "{report:?}");
+    // One after the other they take at least 1.8 s.
+    assert!(took < Duration::from_millis(1700), "took {took:?}");
+    plugins.unload_all();
 }

@@ -76,7 +76,19 @@ fn a_panic_is_a_trap() {
         &session,
         Message::Error("PANIC".into()),
     );
-    assert!(matches!(result, Err(HookError::Trap(_))), "{result:?}");
+    // The error says what the guest said, not only "unreachable".
+    let Err(HookError::Trap(why)) = &result else {
+        panic!("{result:?}")
+    };
+    assert!(
+        why.starts_with("the guest panicked: panicked at ")
+            && why.contains(".rs:")
+            && why.contains(": probe panicked on request (wasm trap: ")
+            && why.contains("unreachable")
+            && !why.contains("wasm backtrace")
+            && !why.contains("RUST_BACKTRACE"),
+        "{why}"
+    );
     assert_eq!(plugin.discarded_instances(), 1);
 }
 
@@ -293,4 +305,48 @@ fn max_instances_caps_concurrent_calls_and_waiters_get_the_next_free_one() {
         Err(HookError::Timeout(Duration::from_millis(300)))
     );
     assert_eq!(plugin.live_instances(), 1, "never more than one instance");
+}
+
+#[test]
+fn calls_waiting_for_the_only_instance_get_it_first_come_first_served() {
+    let plugin = probe("fifo", "{}", "deadline_ms = 300\nmax_instances = 1");
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spawn_call = |sid: u64, text: &'static str| {
+        let (plugin, order) = (plugin.clone(), order.clone());
+        std::thread::spawn(move || {
+            let (session, _outbox) = Session::detached(sid);
+            let (result, _) = call(
+                &*plugin,
+                Hook::OnReceiveUtf8,
+                &session,
+                Message::Utf8(text.into()),
+            );
+            order.lock().unwrap().push(sid);
+            result
+        })
+    };
+    // The only instance is busy for 250 ms; then two calls queue for it,
+    // one after the other.
+    let queued = |n: usize| {
+        wait_until("the call waits for the instance", || {
+            plugin.waiting_calls() == n
+        });
+        // Counted just before it takes its place in the queue.
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let busy = spawn_call(1, "SLEEP:250");
+    wait_until("the first call runs", || plugin.live_instances() == 1);
+    std::thread::sleep(Duration::from_millis(20));
+    let first = spawn_call(2, "SLEEP:100");
+    queued(1);
+    let second = spawn_call(3, "SLEEP:50");
+    queued(2);
+    for call in [busy, first, second] {
+        assert_eq!(call.join().unwrap(), Ok(Verdict::Pass));
+    }
+    // The second waiter never overtakes the first, though its call is
+    // the shorter one: served in turn, they end 100 ms, then 50 ms after
+    // the busy one (served the other way round, the first would end last).
+    assert_eq!(*order.lock().unwrap(), [1, 2, 3]);
+    assert_eq!(plugin.live_instances(), 1);
 }

@@ -234,6 +234,16 @@ pub trait Extension: Send + Sync + 'static {
     /// Unique name within a pipeline.
     fn name(&self) -> &str;
 
+    /// Which version of the extension this is, for metrics and the admin
+    /// view: counters and the latency histogram are kept per name *and*
+    /// version, so a replacement (say a Python port of a Rust plugin)
+    /// never shares a histogram with the version it replaced. WebAssembly
+    /// plugins give the first 12 hex digits of their content's SHA-256;
+    /// empty (the default) for an extension without versions.
+    fn version(&self) -> &str {
+        ""
+    }
+
     /// The hooks this extension implements; others are never called.
     fn hooks(&self) -> HookSet;
 

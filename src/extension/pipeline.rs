@@ -17,8 +17,10 @@ pub enum PipelineError {
     DuplicateName(String),
 }
 
-/// Counters kept per extension name; they survive replacement by a new
-/// version so an operator sees the plugin's whole history.
+/// Counters of one version of an extension (name and
+/// [`version`](Extension::version)): a new version starts with fresh ones,
+/// so its latency is never mixed with its predecessor's; re-registering
+/// the same version (a configuration change) keeps them.
 #[derive(Debug)]
 pub struct ExtensionStats {
     /// Hook calls made.
@@ -81,6 +83,8 @@ impl ExtensionStats {
 pub struct ExtensionInfo {
     /// The extension's name.
     pub name: String,
+    /// Its [`version`](Extension::version) (empty if it has none).
+    pub version: String,
     /// Its sort key: extensions run by ascending order, then by name.
     pub order: i64,
     /// The hooks it implements.
@@ -96,6 +100,8 @@ pub struct ExtensionInfo {
 #[derive(Clone)]
 struct Entry {
     extension: Arc<dyn Extension>,
+    /// The extension's version when it was registered.
+    version: Arc<str>,
     hooks: HookSet,
     order: i64,
     registered_at: SystemTime,
@@ -161,6 +167,7 @@ impl Pipeline {
             }
             list.push(Entry {
                 hooks: extension.hooks(),
+                version: extension.version().into(),
                 extension,
                 order: 0,
                 registered_at: SystemTime::now(),
@@ -171,7 +178,8 @@ impl Pipeline {
     }
 
     /// Inserts `extension` with sort key `order`, or atomically replaces the
-    /// registered extension of the same name (keeping its counters). The
+    /// registered extension of the same name (keeping its counters if it is
+    /// the same [`version`](Extension::version)). The
     /// replaced version is told it was [`unregistered`](Extension::unregistered)
     /// after the swap and returned.
     pub fn upsert(&self, extension: Arc<dyn Extension>, order: i64) -> Option<Arc<dyn Extension>> {
@@ -189,6 +197,7 @@ impl Pipeline {
         self.update(|list| {
             let entry = Entry {
                 hooks: extension.hooks(),
+                version: extension.version().into(),
                 extension: extension.clone(),
                 order,
                 registered_at: SystemTime::now(),
@@ -199,7 +208,12 @@ impl Pipeline {
                 .find(|e| e.extension.name() == extension.name())
             {
                 Some(slot) => {
-                    let stats = slot.stats.clone();
+                    // Same version (a configuration change): same counters.
+                    let stats = if slot.version == entry.version {
+                        slot.stats.clone()
+                    } else {
+                        entry.stats.clone()
+                    };
                     let old = std::mem::replace(slot, Entry { stats, ..entry });
                     Some(old.extension)
                 }
@@ -237,6 +251,7 @@ impl Pipeline {
             .iter()
             .map(|e| ExtensionInfo {
                 name: e.extension.name().to_string(),
+                version: e.version.to_string(),
                 order: e.order,
                 hooks: e.hooks,
                 policy: e.extension.failure_policy(),

@@ -2,6 +2,7 @@
 //! WebSocket peer that speaks CAMP frames byte by byte.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -240,9 +241,21 @@ pub struct Spawned {
 /// Starts `program` with `args` and reads its stdout until it announces
 /// the URL it listens on (`camp-server` and `camp-bench baseline` do).
 pub async fn spawn_announcing(program: &str, args: &[&str]) -> Spawned {
+    // The default plugin cache ($XDG_CACHE_HOME/camp-server/plugins) under
+    // the target folder, not the user's home.
+    spawn_announcing_with_cache(program, args, Path::new(env!("CARGO_TARGET_TMPDIR"))).await
+}
+
+/// [`spawn_announcing`] with `XDG_CACHE_HOME` set to `cache_home`.
+pub async fn spawn_announcing_with_cache(
+    program: &str,
+    args: &[&str],
+    cache_home: &Path,
+) -> Spawned {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(program)
         .args(args)
+        .env("XDG_CACHE_HOME", cache_home)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true)

@@ -142,10 +142,12 @@ pub(crate) async fn run<R>(
         });
         meter.turn_started_ns.store(turn_started, Ordering::Relaxed);
         let polled = call.as_mut().poll(cx);
-        meter.charge(now_ns().saturating_sub(turn_started));
         if let Poll::Ready(result) = polled {
+            // The account closes with the call: nothing left to charge
+            // (and no clock read on the path of most calls).
             return Poll::Ready(result);
         }
+        meter.charge(now_ns().saturating_sub(turn_started));
         if meter.yielded.swap(false, Ordering::Relaxed) {
             // A yield: the guest is runnable; waiting for a worker is free.
             return Poll::Pending;

@@ -76,7 +76,13 @@ impl ArtifactCache {
     /// loaded as native code.
     pub fn new(engine: &Engine, dir: Option<PathBuf>) -> std::io::Result<ArtifactCache> {
         if let Some(dir) = &dir {
-            std::fs::create_dir_all(dir)?;
+            // Folders created here are private (0700): their files are
+            // loaded as native code.
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir)?;
         }
         let mut hasher = ShaHasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);

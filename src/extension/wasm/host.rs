@@ -250,7 +250,7 @@ impl PluginHost {
             })
             .map_err(|e| LoadError::World {
                 name: name.to_string(),
-                message: explain_world_error(&component, &format!("{e:#}")),
+                message: explain_world_error(&self.shared.engine, &component, &format!("{e:#}")),
             })?;
         let plugin = WasmPlugin::new(
             self.shared.clone(),
@@ -327,31 +327,83 @@ const WORLD_EXPORTS: [&str; 12] = [
     "on-receive-error",
 ];
 
+/// The import families the host links: `camp:extension/*` and WASI p2
+/// (what a plugin's `NAME.toml` does not grant fails at run time, not at
+/// load).
+const OFFERED_IMPORTS: [&str; 7] = [
+    "camp:extension/",
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:filesystem/",
+    "wasi:sockets/",
+];
+
 /// Wasmtime's reason a component does not fit the world, with what an
-/// author needs to fix it: every missing export (wasmtime names only the
-/// first), and the usual cause of an import the host does not offer.
-fn explain_world_error(component: &wasmtime::component::Component, error: &str) -> String {
+/// author needs to fix it: every import the host does not offer, with what
+/// removes it; every missing export (wasmtime names only the first) and
+/// the world the file's exports say it targets.
+fn explain_world_error(
+    engine: &Engine,
+    component: &wasmtime::component::Component,
+    error: &str,
+) -> String {
+    let ty = component.component_type();
+    let mut message = error.to_string();
+    let unexpected: Vec<&str> = ty
+        .imports(engine)
+        .map(|(name, _)| name)
+        .filter(|name| !OFFERED_IMPORTS.iter().any(|p| name.starts_with(p)))
+        .collect();
+    if !unexpected.is_empty() {
+        message.push_str(&format!(
+            "; imports the host does not offer: {}; a plugin may import only \
+             camp:extension/host and WASI p2 (cli, clocks, io, random, filesystem, sockets: \
+             granted per plugin by [capabilities] in NAME.toml)",
+            unexpected.join(", ")
+        ));
+        if unexpected.iter().any(|name| name.starts_with("wasi:http/")) {
+            message.push_str(
+                "; wasi:http is added by componentize-js unless the plugin is built with \
+                 `--disable http fetch-event` (camp-plugin build passes it)",
+            );
+        } else {
+            message.push_str(
+                "; remove the library or build option that brings the import in, or \
+                 build with the plugin SDK (camp-plugin new)",
+            );
+        }
+    }
     let missing: Vec<&str> = WORLD_EXPORTS
         .into_iter()
         .filter(|name| component.get_export_index(None, name).is_none())
         .collect();
-    let mut message = error.to_string();
     if !missing.is_empty() {
+        let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+        let world = if exports.iter().any(|e| e.starts_with("wasi:cli/run")) {
+            "wasi:cli/command (a program with a main function)"
+        } else if exports
+            .iter()
+            .any(|e| e.starts_with("wasi:http/incoming-handler"))
+        {
+            "wasi:http/proxy (an HTTP handler)"
+        } else if exports.len() > missing.len() || missing.len() == WORLD_EXPORTS.len() {
+            "a world of its own"
+        } else {
+            "a partial camp:extension/plugin"
+        };
         message.push_str(&format!(
-            "; missing exports of the camp:extension/plugin world: {}",
-            missing.join(", ")
+            "; missing exports of the camp:extension/plugin world: {}; the file targets {world}, \
+             exporting: {}; build it against wit/camp-extension.wit, world plugin (the plugin \
+             SDKs and camp-plugin new do)",
+            missing.join(", "),
+            if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.join(", ")
+            }
         ));
-    }
-    if error.contains("wasi:http") {
-        message.push_str(
-            "; the host offers no wasi:http: componentize-js adds it unless the plugin is \
-             built with `-d http fetch-event`",
-        );
-    } else if error.contains("matching implementation was not found") {
-        message.push_str(
-            "; a plugin may import only camp:extension/host and WASI p2 (cli, clocks, io, \
-             random, filesystem, sockets)",
-        );
     }
     message
 }

@@ -129,6 +129,51 @@ impl GuestOutput {
         }
     }
 
+    /// What the guest wrote to stderr in the call so far, for the error of
+    /// a call that trapped: a guest's panic message or exception (Rust
+    /// writes `panicked at FILE:LINE:COL:` and the message, Python a
+    /// traceback whose last line is the exception). Lines are joined with
+    /// ` / ` (a line ending in `:` runs on into the next), Rust's
+    /// `note: run with RUST_BACKTRACE` hint is left out, and
+    /// the text is cut to `max` bytes from its end (the end of a traceback
+    /// says most). `None` when the guest wrote nothing to stderr.
+    pub(crate) fn stderr_excerpt(&self, max: usize) -> Option<String> {
+        if !self.touched.load(Ordering::Relaxed) {
+            return None;
+        }
+        let capture = self.lock();
+        let text = String::from_utf8_lossy(&capture.streams[1].data);
+        let mut joined = String::new();
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        {
+            // `thread '<unnamed>' (1) panicked at`: a guest has one thread,
+            // its name and id say nothing.
+            let line = match line.find("panicked at ") {
+                Some(at) if line.starts_with("thread '") => &line[at..],
+                _ => line,
+            };
+            if !joined.is_empty() {
+                // `panicked at FILE:LINE:COL:` runs on into its message.
+                joined.push_str(if joined.ends_with(':') { " " } else { " / " });
+            }
+            joined.push_str(line);
+        }
+        if joined.is_empty() {
+            return None;
+        }
+        if joined.len() <= max {
+            return Some(joined);
+        }
+        let mut start = joined.len() - max;
+        while !joined.is_char_boundary(start) {
+            start += 1;
+        }
+        Some(format!("…{}", &joined[start..]))
+    }
+
     /// Whether a `host.log` message of `len` bytes fits in this call's
     /// output budget; if not, it is counted as dropped.
     pub(crate) fn admit_log(&self, len: usize) -> bool {

@@ -5,7 +5,8 @@
 //! `Store` each), checked out for one call and returned after it, so a call
 //! costs no instantiation and sessions cost nothing. At most
 //! `max_instances` exist; a call that finds them all busy waits its turn
-//! (fairly, without holding a thread). Per-session state lives in the
+//! (first come, first served, without holding a thread); the healthy path
+//! takes no lock. Per-session state lives in the
 //! host's session store.
 //!
 //! Every guest call is async and runs under the time budget of
@@ -172,7 +173,22 @@ struct Instance {
     store: Store<InstanceState>,
     /// Typed exports.
     bindings: Bindings,
+    /// The store's time budget account (the same `Arc` as in its data,
+    /// held here so a call borrows it beside the store without a clone).
+    meter: Arc<budget::CallMeter>,
 }
+
+/// What a call that waited for an instance got.
+enum Waited {
+    /// A returned instance.
+    Instance(Pooled),
+    /// A reserved place for a new one.
+    Place,
+}
+
+/// An instance as the pool holds it: boxed, so checking it out and in
+/// moves a pointer, not the store and a dozen typed exports.
+type Pooled = Box<Instance>;
 
 /// The `borrow<session>` handed to hooks (see [`SessionSlot`]).
 fn session_handle() -> Resource<SessionSlot> {
@@ -362,6 +378,19 @@ pub struct PluginMeta {
     pub config: PluginConfig,
 }
 
+/// Hex digits of the content hash that name a plugin version in metrics,
+/// logs and the admin view (48 bits: collisions among one plugin's
+/// versions are out of reach).
+pub const VERSION_DIGITS: usize = 12;
+
+impl PluginMeta {
+    /// The version's short name: the first `VERSION_DIGITS` (12) hex digits
+    /// of its content hash.
+    pub fn version(&self) -> &str {
+        &self.hash[..VERSION_DIGITS.min(self.hash.len())]
+    }
+}
+
 /// A loaded WebAssembly plugin version.
 pub struct WasmPlugin {
     /// Facts fixed at load.
@@ -372,12 +401,17 @@ pub struct WasmPlugin {
     engine: Engine,
     /// The plugin name as shared string for store data.
     name: Arc<str>,
-    /// Idle instances.
-    idle: Mutex<Vec<Instance>>,
-    /// One permit per instance that may exist (`max_instances`).
-    permits: tokio::sync::Semaphore,
-    /// Instances in existence.
+    /// Idle instances: a lock-free queue (as many slots as
+    /// `max_instances`, so a returned instance always fits).
+    idle: crossbeam_queue::ArrayQueue<Pooled>,
+    /// Instances in existence (at most `max_instances`: a new one is
+    /// made only by raising this below the cap).
     live: AtomicUsize,
+    /// Calls waiting for an instance (all `max_instances` busy).
+    waiting: AtomicUsize,
+    /// Wakes a waiting call when an instance is returned or a place for a
+    /// new one frees up.
+    returned: tokio::sync::Notify,
     /// Sessions that are failing, for per-session back-off.
     failing: Failing,
     /// Set while on probation.
@@ -430,6 +464,29 @@ where
     })
 }
 
+/// The most of a failed call's stderr quoted in its error, in bytes.
+const MAX_TRAP_STDERR: usize = 512;
+
+/// The message of a trap: what the guest said before it trapped (a Rust
+/// panic's message, a Python exception) first, then the trap itself
+/// without wasmtime's wasm backtrace (logged at debug level instead: it
+/// names functions by index and offset, useless to most readers).
+fn explain_trap(err: &wasmtime::Error, stderr: Option<String>) -> String {
+    tracing::debug!("guest trap with its wasm backtrace: {err:#}");
+    let trap = match err.downcast_ref::<Trap>() {
+        // Its display reads `wasm trap: …`.
+        Some(trap) => trap.to_string(),
+        None => format!("{err:#}"),
+    };
+    match (stderr, err.downcast_ref::<Trap>()) {
+        (Some(said), Some(Trap::UnreachableCodeReached)) if said.contains("panicked at") => {
+            format!("the guest panicked: {said} ({trap})")
+        }
+        (Some(said), _) => format!("{trap}; the guest wrote to stderr: {said}"),
+        (None, _) => trap,
+    }
+}
+
 /// The pipeline's hook set from the WIT flags.
 fn hook_set(flags: WitHookSet) -> HookSet {
     let pairs = [
@@ -462,7 +519,10 @@ impl Instance {
         } else if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
             HookError::Timeout(budget)
         } else {
-            HookError::Trap(format!("{err:#}"))
+            HookError::Trap(explain_trap(
+                &err,
+                data.output.stderr_excerpt(MAX_TRAP_STDERR),
+            ))
         }
     }
 
@@ -482,14 +542,16 @@ impl Instance {
         data.limit_hit = None;
         data.limiter.exceeded = false;
         data.limiter.table_exceeded = false;
-        let meter = data.meter.clone();
         self.store.set_epoch_deadline(1);
         let result = budget::run(
-            &meter,
+            &self.meter,
             budget,
             invoke(&self.bindings, &mut self.store, &call),
         )
         .await;
+        // Classified before the output is flushed: a trap's error quotes
+        // what the guest wrote to stderr.
+        let result = result.map_err(|e| self.classify(e, config, budget));
         let data = self.store.data_mut();
         data.current = None;
         data.output.flush(plugin, session.map(Session::id));
@@ -500,7 +562,7 @@ impl Instance {
                 session.send_from_extension(message);
             }
         }
-        result.map_err(|e| self.classify(e, config, budget))
+        result
     }
 }
 
@@ -531,9 +593,10 @@ impl WasmPlugin {
             pre,
             engine,
             name: name.into(),
-            idle: Mutex::new(Vec::new()),
-            permits: tokio::sync::Semaphore::new(max_instances),
+            idle: crossbeam_queue::ArrayQueue::new(max_instances.max(1)),
             live: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            returned: tokio::sync::Notify::new(),
             failing: Failing::default(),
             on_probation: AtomicBool::new(false),
             probation: Mutex::default(),
@@ -548,14 +611,15 @@ impl WasmPlugin {
         plugin.meta.session_opened = flags.contains(WitHookSet::SESSION_OPENED);
         plugin.meta.session_closed = flags.contains(WitHookSet::SESSION_CLOSED);
         plugin.live.store(1, Ordering::Relaxed);
-        lock(&plugin.idle).push(first);
+        // Cannot fail: the queue has room for `max_instances` (≥ 1).
+        let _ = plugin.idle.push(first);
         Ok(plugin)
     }
 
     /// The trial: instantiate (with `on-register`), `name`, `hooks`, then
     /// each declared hook and notification once against a synthetic
     /// session with an empty payload. Returns the instance for the pool.
-    async fn trial(&self) -> Result<(String, WitHookSet, Instance), InstanceError> {
+    async fn trial(&self) -> Result<(String, WitHookSet, Pooled), InstanceError> {
         let mut first = self.instantiate().await?;
         let failed = |call: &'static str| move |error| InstanceError::Call { call, error };
         let guest_name = match self.lifecycle(&mut first, Call::Name).await {
@@ -635,6 +699,11 @@ impl WasmPlugin {
         self.live.load(Ordering::Relaxed)
     }
 
+    /// Calls waiting now for an instance (all `max_instances` busy).
+    pub fn waiting_calls(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// Sessions in back-off or with recent failures now.
     pub fn failing_sessions(&self) -> usize {
         self.failing.count.load(Ordering::Relaxed)
@@ -707,7 +776,7 @@ impl WasmPlugin {
     }
 
     /// Creates a fresh instance and runs `on-register` on it.
-    async fn instantiate(&self) -> Result<Instance, InstanceError> {
+    async fn instantiate(&self) -> Result<Pooled, InstanceError> {
         let config = &self.meta.config;
         let output = GuestOutput::new(config.output_bytes_per_call, self.output_dropped.clone());
         let state = InstanceState {
@@ -736,7 +805,11 @@ impl WasmPlugin {
         let bindings = budget::run(&meter, LIFECYCLE_DEADLINE, self.pre.instantiate(&mut store))
             .await
             .map_err(|e| InstanceError::Instantiate(format!("{e:#}")))?;
-        let mut instance = Instance { store, bindings };
+        let mut instance = Box::new(Instance {
+            store,
+            bindings,
+            meter,
+        });
         let config_text = self.meta.config.config.clone();
         match self
             .lifecycle(&mut instance, Call::OnRegister(&config_text))
@@ -830,29 +903,38 @@ impl WasmPlugin {
         self.failing.count.store(sessions.len(), Ordering::Release);
     }
 
-    /// Takes an idle instance or makes a new one, waiting (fairly, without
-    /// a thread) while `max_instances` are busy.
-    async fn checkout(&self) -> Result<(Instance, tokio::sync::SemaphorePermit<'_>), HookError> {
-        // `try_acquire` first: an awaited `acquire` spends the task's
-        // cooperative budget and makes the session yield every few calls,
-        // which broke the writer's batching (a third of the pipeline's
-        // throughput in the echo benchmark went to one-frame writes).
-        let permit = match self.permits.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => self
-                .permits
-                .acquire()
-                .await
-                .map_err(|_| HookError::Unavailable("plugin retired".into()))?,
-        };
-        if let Some(instance) = lock(&self.idle).pop() {
-            return Ok((instance, permit));
+    /// Takes an idle instance or makes a new one, waiting (without a
+    /// thread) while `max_instances` are busy.
+    ///
+    /// The healthy path is lock-free: one atomic load and a pop from the
+    /// idle queue (checking in is a push and a [`Notify::notify_one`]
+    /// that finds no waiter). Calls that find every instance busy wait in
+    /// [`Notify`]'s first-come queue, and while any is waiting a newcomer
+    /// queues behind it rather than taking the next returned instance.
+    /// Nothing is awaited on the healthy path: an awaited permit spent the
+    /// task's cooperative budget and made sessions yield every few calls
+    /// (a third of the pipeline's echo throughput went to one-frame
+    /// writes).
+    ///
+    /// [`Notify`]: tokio::sync::Notify
+    /// [`Notify::notify_one`]: tokio::sync::Notify::notify_one
+    async fn checkout(&self) -> Result<Pooled, HookError> {
+        if self.waiting.load(Ordering::SeqCst) == 0
+            && let Some(instance) = self.idle.pop()
+        {
+            return Ok(instance);
         }
-        self.live.fetch_add(1, Ordering::Relaxed);
+        if !self.reserve_place() {
+            match self.wait_for_instance().await {
+                Waited::Instance(instance) => return Ok(instance),
+                Waited::Place => {}
+            }
+        }
+        // A place is reserved: make the instance.
         match self.instantiate().await {
-            Ok(instance) => Ok((instance, permit)),
+            Ok(instance) => Ok(instance),
             Err(e) => {
-                self.live.fetch_sub(1, Ordering::Relaxed);
+                self.release_place();
                 Err(HookError::Unavailable(format!(
                     "cannot create an instance: {e}"
                 )))
@@ -860,20 +942,68 @@ impl WasmPlugin {
         }
     }
 
+    /// Waits until an instance is returned or a place for a new one frees
+    /// up, counted in `waiting` meanwhile (also if the call is dropped).
+    async fn wait_for_instance(&self) -> Waited {
+        /// Uncounts the waiting call however it ends.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        loop {
+            // Registered before looking, so a return in between wakes it.
+            let mut returned = std::pin::pin!(self.returned.notified());
+            returned.as_mut().enable();
+            if let Some(instance) = self.idle.pop() {
+                return Waited::Instance(instance);
+            }
+            if self.reserve_place() {
+                return Waited::Place;
+            }
+            returned.await;
+        }
+    }
+
+    /// Reserves a place for a new instance if fewer than `max_instances`
+    /// exist.
+    fn reserve_place(&self) -> bool {
+        let max = self.meta.config.max_instances;
+        self.live
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back the place of an instance that no longer exists, and
+    /// wakes a waiting call to use it.
+    fn release_place(&self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+        self.returned.notify_one();
+    }
+
     /// Returns a healthy instance to the pool (or retires it).
-    async fn checkin(&self, mut instance: Instance) {
+    async fn checkin(&self, mut instance: Pooled) {
         if self.retired.load(Ordering::Acquire) {
             self.retire(&mut instance).await;
-            self.live.fetch_sub(1, Ordering::Relaxed);
+            self.release_place();
+        } else if self.idle.push(instance).is_err() {
+            // Not reached: at most `max_instances` exist, and the queue
+            // holds as many.
+            self.release_place();
         } else {
-            lock(&self.idle).push(instance);
+            self.returned.notify_one();
         }
     }
 
     /// Drops a broken instance; a new one is made on demand.
-    fn discard(&self, instance: Instance, session: Option<&Session>, what: &str, err: &HookError) {
+    fn discard(&self, instance: Pooled, session: Option<&Session>, what: &str, err: &HookError) {
         drop(instance);
-        self.live.fetch_sub(1, Ordering::Relaxed);
+        self.release_place();
         self.discarded.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             plugin = &*self.name,
@@ -899,7 +1029,7 @@ impl WasmPlugin {
         message: &mut Message,
     ) -> Result<Verdict, HookError> {
         self.check_backoff(session)?;
-        let (mut instance, _permit) = self.checkout().await?;
+        let mut instance = self.checkout().await?;
         let config = &self.meta.config;
         let reply = instance
             .run(
@@ -937,7 +1067,7 @@ impl WasmPlugin {
             return;
         }
         let what = call.name();
-        let (mut instance, _permit) = match self.checkout().await {
+        let mut instance = match self.checkout().await {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(
@@ -1007,6 +1137,10 @@ impl Extension for WasmPlugin {
         &self.meta.name
     }
 
+    fn version(&self) -> &str {
+        self.meta.version()
+    }
+
     fn hooks(&self) -> HookSet {
         self.meta.hooks
     }
@@ -1043,8 +1177,10 @@ impl Extension for WasmPlugin {
 
     fn unregistered(&self) {
         self.retired.store(true, Ordering::Release);
-        let idle = std::mem::take(&mut *lock(&self.idle));
-        self.live.fetch_sub(idle.len(), Ordering::Relaxed);
+        let idle: Vec<Pooled> = std::iter::from_fn(|| self.idle.pop()).collect();
+        self.live.fetch_sub(idle.len(), Ordering::SeqCst);
+        // Their places are free: a call waiting for one takes it.
+        self.returned.notify_waiters();
         tracing::info!(plugin = &*self.name, hash = %self.meta.hash, "plugin version retired");
         if idle.is_empty() {
             return;

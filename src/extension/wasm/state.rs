@@ -177,6 +177,18 @@ fn origin() -> Instant {
 /// delegate here.
 impl InstanceState {
     fn log(&mut self, level: tracing::Level, message: String) {
+        // A level the server's log filter leaves out costs a callsite
+        // check: no cut, no output budget, no formatting.
+        let enabled = match level {
+            tracing::Level::TRACE => tracing::enabled!(tracing::Level::TRACE),
+            tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
+            tracing::Level::INFO => tracing::enabled!(tracing::Level::INFO),
+            tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
+            tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
+        };
+        if !enabled {
+            return;
+        }
         let message = cut_at(&message, MAX_LOG_MESSAGE);
         if !self.output.admit_log(message.len()) {
             return;

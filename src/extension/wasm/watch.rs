@@ -123,6 +123,9 @@ pub enum WatchError {
 pub struct LoadedVersion {
     /// SHA-256 of the component.
     pub hash: String,
+    /// The version's short name in metrics and the extension list: the
+    /// first 12 hex digits of `hash`.
+    pub version: String,
     /// The name the plugin gives itself.
     pub guest_name: String,
     /// The `camp:extension` version it was built against.
@@ -164,6 +167,9 @@ pub struct PluginStatus {
     pub failing_sessions: usize,
     /// Instances of the serving version alive now (at most `max_instances`).
     pub instances: usize,
+    /// Hook calls waiting now for an instance of the serving version
+    /// (every one of its `max_instances` busy).
+    pub waiting_calls: usize,
     /// Bytes of guest stdout/stderr dropped over `output_bytes_per_call`
     /// by the serving version.
     pub output_dropped_bytes: u64,
@@ -430,6 +436,7 @@ impl PluginDir {
                     status.on_probation = t.previous.is_some();
                     status.failing_sessions = serving.failing_sessions();
                     status.instances = serving.live_instances();
+                    status.waiting_calls = serving.waiting_calls();
                     status.output_dropped_bytes = serving.output_dropped_bytes();
                 }
                 status
@@ -689,6 +696,7 @@ impl DirInner {
                     on_probation: false,
                     failing_sessions: 0,
                     instances: 0,
+                    waiting_calls: 0,
                     output_dropped_bytes: 0,
                 },
             });
@@ -716,8 +724,7 @@ impl DirInner {
         // Load without holding the state: a load (compile, trial) can take
         // seconds, and the admin view must not wait for it.
         drop(state);
-        for (name, path, print) in settled_changes {
-            let outcome = self.reload(name, path, print);
+        for (name, outcome) in self.reload_all(settled_changes) {
             match outcome {
                 Reload::Loaded => report.loaded.push(name.clone()),
                 Reload::Unchanged => {}
@@ -740,6 +747,61 @@ impl DirInner {
             }
         }
         report
+    }
+
+    /// Reloads `changes`, several at once where cores allow: a plugin
+    /// folder with a Python and a JavaScript plugin compiles both together
+    /// (each compile also spreads its functions over the cores; what runs
+    /// one plugin at a time is parsing, the trial and writing the cache).
+    /// At most [`std::thread::available_parallelism`] loads run at once.
+    /// Outcomes are in the order of `changes`.
+    fn reload_all<'a>(
+        &self,
+        changes: Vec<(&'a String, &'a PathBuf, Fingerprint)>,
+    ) -> Vec<(&'a String, Reload)> {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(changes.len());
+        if workers <= 1 {
+            return changes
+                .into_iter()
+                .map(|(name, path, print)| (name, self.reload(name, path, print)))
+                .collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let outcomes: Vec<Mutex<Option<Reload>>> =
+            changes.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let spawned = std::thread::Builder::new()
+                    .name("camp-plugin-load".into())
+                    .spawn_scoped(scope, || {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((name, path, print)) = changes.get(i) else {
+                                break;
+                            };
+                            *lock(&outcomes[i]) = Some(self.reload(name, path, *print));
+                        }
+                    });
+                if let Err(e) = spawned {
+                    // The other workers (or the loop below) do its share.
+                    tracing::warn!("cannot start a plugin load thread: {e}");
+                }
+            }
+        });
+        changes
+            .iter()
+            .zip(outcomes)
+            .map(|((name, path, print), outcome)| {
+                let outcome = outcome.into_inner().unwrap_or_else(|e| e.into_inner());
+                // Not loaded only if no worker thread could be started.
+                (
+                    *name,
+                    outcome.unwrap_or_else(|| self.reload(name, path, *print)),
+                )
+            })
+            .collect()
     }
 
     /// Loads a changed plugin and swaps it in.
@@ -830,6 +892,7 @@ impl DirInner {
                 );
                 tracked.loaded_config = config_text;
                 tracked.status.loaded = Some(LoadedVersion {
+                    version: meta.version().to_string(),
                     hash: meta.hash,
                     guest_name: meta.guest_name,
                     wit_version: meta.wit_version,

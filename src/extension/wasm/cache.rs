@@ -139,7 +139,9 @@ impl ArtifactCache {
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let Some(dir) = &self.dir else {
             let component = Component::new(engine, bytes)?;
-            release_freed_heap();
+            // Compiling a big guest (a Python or JavaScript interpreter,
+            // 12-18 MB) allocates a few hundred MB on Cranelift's threads.
+            crate::memory::release_freed_heap();
             return Ok((component, CacheOutcome::Compiled));
         };
         let path = dir.join(format!("{hash}-{}.cwasm", self.engine_tag));
@@ -156,7 +158,7 @@ impl ArtifactCache {
             }
         }
         let compiled = engine.precompile_component(bytes)?;
-        release_freed_heap();
+        crate::memory::release_freed_heap();
         let tmp = dir.join(format!(".{hash}.{}.tmp", std::process::id()));
         match std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &path)) {
             Ok(()) => {
@@ -179,24 +181,5 @@ impl ArtifactCache {
         // SAFETY: `compiled` was produced just now by this engine.
         let component = unsafe { Component::deserialize(engine, &compiled)? };
         Ok((component, CacheOutcome::Compiled))
-    }
-}
-
-/// Returns the heap that compiling freed to the system. Compiling a big
-/// guest (a Python or JavaScript interpreter, 12-18 MB) allocates a few
-/// hundred MB on Cranelift's worker threads; glibc keeps freed memory in
-/// per-thread arenas, so without this the server's RSS stays that much
-/// higher for good after one load.
-fn release_freed_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> std::ffi::c_int;
-        }
-        // SAFETY: glibc's malloc_trim only releases free memory; it has no
-        // preconditions.
-        unsafe {
-            malloc_trim(0);
-        }
     }
 }

@@ -465,3 +465,33 @@ async fn a_websocket_ping_flood_from_a_peer_that_never_reads_stays_bounded() {
         "{echo:?}"
     );
 }
+
+/// `x-camp-sid` twice with different values: the first is used, as the
+/// reference's `URLSearchParams.get` does, and counted as tolerated; a
+/// request refused anyway (here 409, the sid being live) is not counted;
+/// strict mode refuses it with 400.
+#[tokio::test]
+async fn a_repeated_sid_is_tolerated_once_accepted_and_refused_when_strict() {
+    use camp_server::metrics::Tolerated;
+    let server = TestServer::echo(Server::builder()).await;
+    let query = format!("authorization=Bearer%20{TOKEN}&x-camp-sid=41&X-CAMP-SID=42");
+    let mut first = crate::common::RawPeer::upgrade(server.addr, &query)
+        .await
+        .unwrap();
+    let camp_server::protocol::Frame { sid, .. } = first.recv().await;
+    assert_eq!(sid, 41);
+    let counted = || {
+        server
+            .server
+            .metrics()
+            .tolerated_count(Tolerated::RepeatedSidParam)
+    };
+    assert_eq!(counted(), 1);
+    let again = crate::common::RawPeer::upgrade(server.addr, &query).await;
+    assert_eq!(again.err(), Some(409));
+    assert_eq!(counted(), 1);
+
+    let strict = TestServer::echo(Server::builder().strict(true)).await;
+    let refused = crate::common::RawPeer::upgrade(strict.addr, &query).await;
+    assert_eq!(refused.err(), Some(400));
+}

@@ -475,11 +475,6 @@ impl Inner {
             Ok(up) => up,
             Err(refusal) => return self.refuse(&mut stream, remote, refusal).await,
         };
-        for &(kind, what) in &up.tolerated {
-            self.session.metrics.tolerated(kind);
-            tracing::info!(%remote, sid = up.sid, kind = kind.label(),
-                "tolerated, as the reference server does (strict mode refuses it): {what}");
-        }
         let shutting_down = *self.shutdown.borrow();
         if shutting_down {
             let refusal = Refusal::new(503, "shutting_down", "server is shutting down");
@@ -502,6 +497,13 @@ impl Inner {
             );
             return self.refuse(&mut stream, remote, refusal).await;
         };
+        // Counted once the upgrade is accepted: a request refused anyway
+        // (401, 409, 503) was not tolerated.
+        for &(kind, what) in &up.tolerated {
+            self.session.metrics.tolerated(kind);
+            tracing::info!(%remote, sid = up.sid, kind = kind.label(),
+                "tolerated, as the reference server does (strict mode refuses it): {what}");
+        }
         let camp = up.camp_subprotocol;
         let callback = move |_: &Request, mut response: Response| {
             if camp {

@@ -374,13 +374,16 @@ pub fn render_metrics(server: &Server, report: Option<&dyn AdminReport>) -> Stri
 
 /// The JSON admin view.
 pub fn admin_view(server: &Server, report: Option<&dyn AdminReport>) -> Value {
-    let mut sessions: Vec<Value> = server
-        .sessions()
+    let mut listed = server.sessions();
+    listed.sort_by_key(|s| s.id());
+    let sessions: Vec<Value> = listed
         .iter()
         .map(|s| {
             let st = s.stats();
             json!({
-                "id": s.id(),
+                // A string: session ids use all 64 bits, and JSON readers
+                // (JavaScript, jq) round numbers above 2^53.
+                "id": s.id().to_string(),
                 "remote": s.remote_addr().map(|a| a.to_string()),
                 "peer_features": s.peer_features(),
                 "rtt_ms": st.rtt_ms,
@@ -391,7 +394,6 @@ pub fn admin_view(server: &Server, report: Option<&dyn AdminReport>) -> Value {
             })
         })
         .collect();
-    sessions.sort_by_key(|s| s["id"].as_u64());
     let extensions: Vec<Value> = server
         .pipeline()
         .list()

@@ -54,8 +54,9 @@ struct Args {
     keep_alive_ms: Option<u64>,
     /// Refuse what the reference server tolerates from the published
     /// clients (no client ENDPOINT_INFO, off-by-one PUSH offsets, frames
-    /// with another sid, `x-cryo-sid`) instead of accepting and counting it
-    /// in camp_protocol_tolerated_total.
+    /// with another sid, `x-cryo-sid`, `x-camp-sid` twice with different
+    /// values) instead of accepting and counting it in
+    /// camp_protocol_tolerated_total.
     #[arg(long)]
     strict: bool,
     /// Backpressure profile: default, optimize_latency or optimize_memory.
@@ -257,7 +258,7 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {admin_addr} (admin)"))?;
         let admin_local = admin.local_addr()?;
         tracing::info!("admin on http://{admin_local}/ (/metrics, /healthz, /readyz, /admin)");
-        println!("camp-server admin on http://{admin_local}/");
+        announce(&format!("camp-server admin on http://{admin_local}/"));
         tokio::spawn(camp_server::admin::serve(
             admin,
             server.clone(),
@@ -270,7 +271,7 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     tracing::info!("listening on {scheme}://{local}/");
-    println!("camp-server listening on {scheme}://{local}/");
+    announce(&format!("camp-server listening on {scheme}://{local}/"));
 
     tokio::spawn(async move {
         while let Some((session, events)) = incoming.next().await {
@@ -361,6 +362,15 @@ async fn echo(session: Session, mut events: SessionEvents) {
             SessionEvent::Closed(_) => break,
         }
     }
+}
+
+/// Writes one of the lines that announce the server's addresses on stdout.
+/// A closed stdout (`camp-server … | head -1`) must not stop the server:
+/// `println!` would panic.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -128,7 +128,7 @@ async fn metrics_count_real_traffic_and_admin_lists_sessions_and_extensions() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["id"].as_u64().unwrap())
+        .map(|s| s["id"].as_str().unwrap().parse().unwrap())
         .collect();
     assert_eq!(ids, [500, 501]);
     assert_eq!(view["extensions"][0]["name"], "dropper");

@@ -113,7 +113,7 @@ async fn a_peer_session_is_counted_listed_and_drained_by_shutdown() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["id"].as_u64().unwrap())
+        .map(|s| s["id"].as_str().unwrap().parse().unwrap())
         .collect();
     assert_eq!(listed, vec![to_b.id()], "{view:#}");
 

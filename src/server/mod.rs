@@ -569,12 +569,14 @@ impl Inner {
         let mut sessions = this.sessions();
         // Reap sessions that ended, so the set holds only live ones.
         while sessions.try_join_next().is_some() {}
-        tracing::info!(?remote, sid, "session open");
+        // A peer dialled by us has no remote address here: "-".
+        let remote = remote.map_or_else(|| "-".to_string(), |a| a.to_string());
+        tracing::info!(%remote, sid, "session open");
         // `map`, not an `async` block: a block would keep the future it
         // awaits twice (captured and awaited), doubling the task.
         sessions.spawn(run.map(move |info| {
             tracing::info!(
-                ?remote,
+                %remote,
                 sid,
                 code = info.code,
                 by_peer = info.by_peer,

@@ -594,16 +594,31 @@ impl Session {
     }
 
     /// Sends a stream being received (from this session or another) on as
-    /// a stream of its own, e.g. an echo or a forward.
+    /// a stream of its own, e.g. an echo or a forward; `options` says how
+    /// it is announced (`stream.options()` keeps the incoming stream's
+    /// name, behaviour and size).
     ///
-    /// Unlike [`Session::stream`], PUSH passes the received chunks on
-    /// without copying them, and each stays counted in the *receiving*
-    /// session's buffer budget ([`RX_BUFFER_LIMIT`](transaction::RX_BUFFER_LIMIT))
-    /// until it is queued here: when this session's peer reads slowly, the
-    /// sending peer is slowed by TCP flow control instead of the relay
-    /// buffering chunks (with `stream`, every waiting transfer holds a
-    /// chunk of up to 1 MiB outside any budget). PULL spools the stream
-    /// first, as `stream` does.
+    /// Use it instead of [`Session::stream`] whenever the source is an
+    /// [`IncomingStream`] passed on as it is; use `stream` for any other
+    /// reader, or to send bytes you transform.
+    ///
+    /// With PUSH `options`, the received chunks go on without a copy, and
+    /// each stays counted in the *receiving* session's buffer budget
+    /// (`limits.max_receive_buffer_bytes`, [`TxLimits::max_receive_buffer`](transaction::TxLimits::max_receive_buffer))
+    /// until it is queued here. When this session's peer reads slowly, the
+    /// budget fills and the receiving session stops reading its socket
+    /// (all of it: that peer's messages wait too, see the
+    /// [`transaction`] module), so the sending peer is slowed by TCP flow
+    /// control instead of the relay buffering its chunks. With `stream`,
+    /// every transfer waiting for room holds a chunk of up to 1 MiB
+    /// outside any budget (64 transfers per session: SECURITY.md).
+    ///
+    /// With PULL `options`, the stream is first spooled to an anonymous
+    /// temporary file, as `stream` does with a reader: sending starts once
+    /// the whole stream has arrived, the file counts against the
+    /// server-wide `limits.max_spool_files` and `limits.max_spooled_bytes`
+    /// (the transfer fails with [`TransferError::Limit`] beyond them), and
+    /// the receiving session is not held back by this session's reader.
     pub fn relay(&self, stream: IncomingStream, options: StreamOptions) -> Transfer {
         self.start_stream(transaction::Source::Incoming(Box::new(stream)), options)
     }

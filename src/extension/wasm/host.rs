@@ -90,15 +90,23 @@ pub struct HostOptions {
     pub defaults: PluginConfig,
 }
 
-/// Timings of one load, for logs and the admin view.
+/// Timings of one load, for logs and the admin view (there in
+/// milliseconds: `compile_ms`, `instantiate_ms`).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct LoadTimings {
     /// Where the compiled component came from.
     pub cache: CacheOutcome,
     /// Compiling (or fetching) the component.
+    #[serde(rename = "compile_ms", serialize_with = "millis")]
     pub compile: Duration,
     /// Linking, instantiating the first instance and `on-register`.
+    #[serde(rename = "instantiate_ms", serialize_with = "millis")]
     pub instantiate: Duration,
+}
+
+/// A duration as fractional milliseconds.
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e3)
 }
 
 /// State shared by the host's clones.

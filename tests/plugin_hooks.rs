@@ -538,6 +538,44 @@ fn components_that_do_not_fit_the_world_are_refused() {
         .map(|_| ())
         .unwrap_err();
     assert!(matches!(err, LoadError::Compile { .. }), "{err}");
+    // A core module's header followed by junk is not taken for a module.
+    let err = host()
+        .load("torn", b"\0asm\x01\0\0\0 torn off", config(""))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::Compile { message, .. } if message.contains("starts like a core WebAssembly module but is not a valid one")),
+        "{err}"
+    );
+    // Not WebAssembly at all (binary or text): said so, not a parser's
+    // complaint about UTF-8.
+    for junk in [&b"\x89PNG\r\n\x1a\n"[..], b"hello world", &[0xff; 64]] {
+        let err = host()
+            .load("junk", junk, config(""))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(&err, LoadError::Compile { message, .. } if message.contains("not a WebAssembly file")),
+            "{err}"
+        );
+    }
+    // A token validator (the other world the server runs) is named as one,
+    // with the flag that loads it.
+    let validator = br#"(component
+        (core module $m (func (export "f") (result i32) i32.const 0))
+        (core instance $i (instantiate $m))
+        (func $init (result u32) (canon lift (core func $i "f")))
+        (func $validate (result u32) (canon lift (core func $i "f")))
+        (export "init" (func $init))
+        (export "validate" (func $validate)))"#;
+    let err = host()
+        .load("token", validator, config(""))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::World { message, .. } if message.contains("camp:auth/token-validator") && message.contains("--token-plugin")),
+        "{err}"
+    );
     // A core module is not a component: the error says how to make one.
     let err = host()
         .load("core", b"\0asm\x01\0\0\0", config(""))

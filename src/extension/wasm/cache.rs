@@ -58,6 +58,15 @@ impl Hasher for ShaHasher {
     }
 }
 
+/// The folder's permission bits if users other than its owner may write
+/// into it.
+#[cfg(unix)]
+fn writable_by_others(dir: &std::path::Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    Ok((mode & 0o022 != 0).then_some(mode))
+}
+
 /// The cache of one engine.
 pub struct ArtifactCache {
     /// Directory of precompiled artifacts, if any.
@@ -83,6 +92,20 @@ impl ArtifactCache {
             #[cfg(unix)]
             std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
             builder.create(dir)?;
+            // An existing folder keeps its mode: say so if others may write
+            // into it (whoever writes there runs code in this process).
+            #[cfg(unix)]
+            {
+                if let Some(mode) = writable_by_others(dir)? {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        mode = format!("{mode:o}"),
+                        "the compiled-plugin cache can be written by other users, and what it \
+                         holds is loaded as native code: make it private (chmod 700) or choose \
+                         another plugin_cache"
+                    );
+                }
+            }
         }
         let mut hasher = ShaHasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
@@ -181,5 +204,27 @@ impl ArtifactCache {
         // SAFETY: `compiled` was produced just now by this engine.
         let component = unsafe { Component::deserialize(engine, &compiled)? };
         Ok((component, CacheOutcome::Compiled))
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_cache_folder_others_may_write_into_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = |mode| {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        set(0o700);
+        assert_eq!(writable_by_others(dir.path()).unwrap(), None);
+        set(0o755);
+        assert_eq!(writable_by_others(dir.path()).unwrap(), None);
+        set(0o775);
+        assert_eq!(writable_by_others(dir.path()).unwrap(), Some(0o775));
+        set(0o777);
+        assert_eq!(writable_by_others(dir.path()).unwrap(), Some(0o777));
     }
 }

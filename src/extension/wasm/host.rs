@@ -227,12 +227,34 @@ impl PluginHost {
     ) -> Result<(Arc<WasmPlugin>, LoadTimings), LoadError> {
         let started = Instant::now();
         if bytes.starts_with(CORE_MODULE_HEADER) {
+            let message = match wasmtime::Module::validate(&self.shared.engine, bytes) {
+                Ok(()) => "this is a core WebAssembly module, not a component: build for \
+                           wasm32-wasip2 (Rust), or wrap a wasm32-wasip1 module with \
+                           `wasm-tools component new --adapt` and the WASI preview1 reactor \
+                           adapter (crate wasi-preview1-component-adapter-provider)"
+                    .to_string(),
+                Err(e) => format!(
+                    "the file starts like a core WebAssembly module but is not a valid one \
+                     ({e}); was it copied incompletely?"
+                ),
+            };
             return Err(LoadError::Compile {
                 name: name.to_string(),
-                message: "this is a core WebAssembly module, not a component: build for \
-                          wasm32-wasip2 (Rust), or wrap a wasm32-wasip1 module with \
-                          `wasm-tools component new --adapt` and the WASI preview1 reactor \
-                          adapter (crate wasi-preview1-component-adapter-provider)"
+                message,
+            });
+        }
+        // Binary WebAssembly starts with its magic bytes; the text format
+        // (accepted too) with a parenthesis or a comment.
+        let text = bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| matches!(b, b'(' | b';'));
+        if !bytes.starts_with(WASM_MAGIC) && !text {
+            return Err(LoadError::Compile {
+                name: name.to_string(),
+                message: "not a WebAssembly file: it starts neither with the WebAssembly \
+                          magic bytes (\\0asm) nor with the text format; is it another file \
+                          named .wasm, or was it copied incompletely?"
                     .into(),
             });
         }
@@ -319,6 +341,9 @@ impl PluginHost {
 /// component has the same magic with another version and layer.
 const CORE_MODULE_HEADER: &[u8] = b"\0asm\x01\0\0\0";
 
+/// The first bytes of every binary WebAssembly file.
+const WASM_MAGIC: &[u8] = b"\0asm";
+
 /// The exports of the `camp:extension/plugin` world.
 const WORLD_EXPORTS: [&str; 12] = [
     "name",
@@ -391,6 +416,10 @@ fn explain_world_error(
         let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
         let world = if exports.iter().any(|e| e.starts_with("wasi:cli/run")) {
             "wasi:cli/command (a program with a main function)"
+        } else if exports.contains(&"validate") && exports.contains(&"init") {
+            "camp:auth/token-validator (wit/auth/camp-auth.wit), which is loaded with \
+             --token-plugin FILE (token_plugin in the configuration), not from the plugin \
+             folder"
         } else if exports
             .iter()
             .any(|e| e.starts_with("wasi:http/incoming-handler"))

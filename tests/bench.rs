@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-const TOKEN: &str = "bench-token";
+use crate::common::TOKEN;
 
 /// Starts `program` with `args`; returns it and the `ws://` URL it
 /// announces on stdout.
@@ -16,20 +16,10 @@ async fn start(program: &str, args: &[&str]) -> (Child, String) {
     (spawned.child, spawned.url)
 }
 
-/// Starts the `camp-server` binary (token `secret`, no admin listener)
-/// with `extra` arguments.
+/// Starts the `camp-server` binary ([`crate::common::spawn_server`]).
 async fn start_server(extra: &[&str]) -> (Child, String) {
-    let mut args = vec![
-        "--bind",
-        "127.0.0.1:0",
-        "--no-admin",
-        "--token",
-        TOKEN,
-        "--log",
-        "warn",
-    ];
-    args.extend_from_slice(extra);
-    start(env!("CARGO_BIN_EXE_camp-server"), &args).await
+    let spawned = crate::common::spawn_server(extra).await;
+    (spawned.child, spawned.url)
 }
 
 /// Runs `camp-bench` with `args`; returns its exit success and the JSON of

@@ -293,23 +293,10 @@ async fn churn_of_failing_and_closing_connections_leaves_no_place_held() {
 
 #[tokio::test]
 async fn churn_on_the_binary_leaves_no_descriptor_or_memory_behind() {
-    let args = [
-        "--bind",
-        "127.0.0.1:0",
-        "--no-admin",
-        "--token",
-        TOKEN,
-        "--log",
-        "warn",
-    ];
-    let spawned = crate::common::spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &args).await;
+    let spawned = crate::common::spawn_server(&[]).await;
     let pid = spawned.child.id().unwrap();
     let url = spawned.url.clone();
-    let addr: SocketAddr = url
-        .trim_start_matches("ws://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let addr = spawned.addr();
     // Warm up (runtime threads, allocator arenas), then the baseline.
     for sid in 0..32 {
         let (s, mut e) = Client::new(url.as_str(), TOKEN)
@@ -396,23 +383,9 @@ async fn churn_on_the_binary_leaves_no_descriptor_or_memory_behind() {
 #[tokio::test]
 async fn a_websocket_ping_flood_from_a_peer_that_never_reads_stays_bounded() {
     const MIB: usize = 1 << 20;
-    let args = [
-        "--bind",
-        "127.0.0.1:0",
-        "--no-admin",
-        "--token",
-        TOKEN,
-        "--log",
-        "warn",
-    ];
-    let spawned = crate::common::spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &args).await;
+    let spawned = crate::common::spawn_server(&[]).await;
     let pid = spawned.child.id().unwrap();
-    let addr: SocketAddr = spawned
-        .url
-        .trim_start_matches("ws://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let addr = spawned.addr();
     let mut peer = crate::common::RawPeer::connect(addr, 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = rss_kib(pid);

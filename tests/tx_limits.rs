@@ -12,14 +12,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use camp_server::protocol::{self, Behaviour, Body, Frame, PingPong};
+use camp_server::protocol::{Behaviour, Body, Frame, PingPong};
 use camp_server::server::Server;
 use camp_server::session::SessionEvent;
 use camp_server::session::transaction::TxLimits;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
-use crate::common::{TOKEN, TestServer};
+use crate::common::{RawPeer, TOKEN, TestServer};
 
 /// An echo server for streams (PUSH stays PUSH, PULL stays PULL).
 async fn stream_echo(limits: TxLimits, keep_alive: Duration) -> TestServer {
@@ -46,42 +46,27 @@ async fn stream_echo(limits: TxLimits, keep_alive: Duration) -> TestServer {
     TestServer::start(server).await
 }
 
-/// A raw CAMP peer that answers heartbeats while it waits.
+/// A raw CAMP peer ([`RawPeer`]) that answers heartbeats while it waits.
 struct Peer {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    sid: u64,
+    raw: RawPeer,
 }
 
 impl Peer {
     async fn connect(addr: SocketAddr, sid: u64) -> Peer {
-        let url = format!("ws://{addr}/?authorization=Bearer%20{TOKEN}&x-camp-sid={sid}");
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let mut peer = Peer { ws, sid };
-        let Body::EndpointInfo { ack, .. } = peer.next().await else {
-            panic!("expected ENDPOINT_INFO")
-        };
-        peer.send(Body::Ack { acked: ack }).await;
-        peer.send(Body::EndpointInfo {
-            ack: 0,
-            version: 1,
-            features: protocol::FEATURE_TRANSACTIONS,
-        })
-        .await;
-        peer
+        Peer {
+            raw: RawPeer::connect(addr, sid).await,
+        }
     }
 
     async fn send(&mut self, body: Body) {
-        let bytes = Frame::new(self.sid, body).encode();
-        self.ws.send(Ws::Binary(bytes)).await.unwrap();
+        self.raw.send(body).await;
     }
 
     /// The next frame other than ACK and heartbeat (PINGs are answered),
     /// within 10 s.
     async fn next(&mut self) -> Body {
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.raw.ws.next())
                 .await
                 .expect("a frame within 10 s")
                 .expect("connection open")
@@ -438,7 +423,7 @@ async fn push_on(peer: &mut Peer, streams: u32, max_mib: u64) -> usize {
             )
             .encode();
             let sent =
-                tokio::time::timeout(Duration::from_secs(2), peer.ws.send(Ws::Binary(frame)));
+                tokio::time::timeout(Duration::from_secs(2), peer.raw.ws.send(Ws::Binary(frame)));
             if sent.await.is_err() {
                 break 'sending;
             }
@@ -454,23 +439,9 @@ async fn push_on(peer: &mut Peer, streams: u32, max_mib: u64) -> usize {
 /// attacker trial).
 #[tokio::test]
 async fn memory_held_by_attacking_sessions_is_returned_after_they_end() {
-    let args = [
-        "--bind",
-        "127.0.0.1:0",
-        "--no-admin",
-        "--token",
-        TOKEN,
-        "--log",
-        "warn",
-    ];
-    let spawned = crate::common::spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &args).await;
+    let spawned = crate::common::spawn_server(&[]).await;
     let pid = spawned.child.id().unwrap();
-    let addr: SocketAddr = spawned
-        .url
-        .trim_start_matches("ws://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let addr = spawned.addr();
     let before = crate::common::rss_kib(pid);
     let mut peers = Vec::new();
     for sid in 100..104 {

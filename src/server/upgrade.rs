@@ -104,10 +104,13 @@ pub(crate) fn check(head: &[u8], strict: bool, max_params: usize) -> Result<Upgr
     }
     // Decoded with the `url` crate's form decoder (`%XX` and `+`, as the
     // reference's URLSearchParams); names matched case-insensitively.
+    // Decoded once (at most `max_params` pairs, checked above).
+    let pairs: Vec<_> = url::form_urlencoded::parse(query.as_bytes()).collect();
     let params_named = |name: &str| {
-        url::form_urlencoded::parse(query.as_bytes())
+        pairs
+            .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+            .map(|(_, v)| v.clone())
             .collect::<Vec<_>>()
     };
     let authorization = params_named("authorization")

@@ -238,6 +238,33 @@ pub struct Spawned {
     pub admin: Option<String>,
 }
 
+impl Spawned {
+    /// The address of its `ws://` URL.
+    pub fn addr(&self) -> SocketAddr {
+        self.url
+            .trim_start_matches("ws://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("a ws://host:port/ URL")
+    }
+}
+
+/// Starts the `camp-server` binary on an ephemeral loopback port (token
+/// `secret`, no admin listener, warnings only) with `extra` arguments.
+pub async fn spawn_server(extra: &[&str]) -> Spawned {
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1:0",
+        "--no-admin",
+        "--token",
+        TOKEN,
+        "--log",
+        "warn",
+    ];
+    args.extend_from_slice(extra);
+    spawn_announcing(env!("CARGO_BIN_EXE_camp-server"), &args).await
+}
+
 /// Starts `program` with `args` and reads its stdout until it announces
 /// the URL it listens on (`camp-server` and `camp-bench baseline` do).
 pub async fn spawn_announcing(program: &str, args: &[&str]) -> Spawned {

@@ -9,10 +9,9 @@ use anyhow::Context;
 use camp_server::config::{
     AdminConfig, BackpressureConfig, Config, LimitsConfig, PluginCache, TlsConfig as TlsFiles,
 };
+use camp_server::extension::Pipeline;
 use camp_server::extension::wasm::{DirOptions, HostOptions, PluginHost, TokenPlugin, WatchMode};
-use camp_server::extension::{Message, Pipeline};
 use camp_server::server::{Server, TokenList};
-use camp_server::session::{Session, SessionEvent, SessionEvents};
 use camp_server::tls::TlsConfig;
 use clap::Parser;
 
@@ -275,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
 
     tokio::spawn(async move {
         while let Some((session, events)) = incoming.next().await {
-            tokio::spawn(echo(session, events));
+            tokio::spawn(camp_server::server::echo(session, events));
         }
     });
     let (abort, aborted) = tokio::sync::oneshot::channel::<()>();
@@ -330,38 +329,6 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The built-in application: every message that reaches it goes back to
-/// its session, and every stream is streamed back with the same name and
-/// behaviour (PUSH stays PUSH, PULL stays PULL).
-async fn echo(session: Session, mut events: SessionEvents) {
-    while let Some(event) = events.next().await {
-        match event {
-            // Nobody awaits the echo's ACK: posted without a receipt.
-            SessionEvent::Message(m @ (Message::Utf8(_) | Message::Binary(_))) => session.post(m),
-            SessionEvent::Message(Message::Error(text)) => {
-                tracing::info!(sid = session.id(), "peer reported: {text}")
-            }
-            SessionEvent::Stream(stream) => {
-                let options = stream.options();
-                let transfer = session.relay(stream, options);
-                let sid = session.id();
-                tokio::spawn(async move {
-                    if let Err(e) = transfer.await {
-                        // Debug, not info: a peer can make every stream fail
-                        // (limits refuse them: counted in
-                        // camp_limits_hit_total, told to it in an ERROR
-                        // frame), and one line each let it write 11 MB of
-                        // log a second.
-                        tracing::debug!(sid, "stream echo failed: {e}");
-                    }
-                });
-            }
-            SessionEvent::Stats(_) => {}
-            SessionEvent::Closed(_) => break,
-        }
-    }
 }
 
 /// Writes one of the lines that announce the server's addresses on stdout.

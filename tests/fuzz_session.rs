@@ -15,10 +15,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use camp_server::extension::Message;
 use camp_server::protocol::{self, Behaviour, Body, Frame, PingPong};
 use camp_server::server::Server;
-use camp_server::session::SessionEvent;
 use futures_util::{SinkExt, StreamExt};
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestCaseError, TestRunner};
@@ -112,34 +110,10 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// An echo server for messages and streams, with a short handshake
+/// The binary's echo (messages and streams), with a short handshake
 /// timeout so that cases that never finish it end soon.
 async fn server() -> TestServer {
-    let (server, mut incoming) = Server::builder()
-        .tokens([TOKEN])
-        .handshake_timeout(Duration::from_secs(2))
-        .build();
-    tokio::spawn(async move {
-        while let Some((session, mut events)) = incoming.next().await {
-            tokio::spawn(async move {
-                while let Some(event) = events.next().await {
-                    match event {
-                        SessionEvent::Message(Message::Utf8(t)) => drop(session.send_utf8(t)),
-                        SessionEvent::Message(Message::Binary(b)) => drop(session.send_binary(b)),
-                        SessionEvent::Stream(stream) => {
-                            let options = stream.options();
-                            let transfer = session.stream(stream, options);
-                            tokio::spawn(async move {
-                                let _ = transfer.await;
-                            });
-                        }
-                        _ => {}
-                    }
-                }
-            });
-        }
-    });
-    TestServer::start(server).await
+    TestServer::binary_echo(Server::builder().handshake_timeout(Duration::from_secs(2))).await
 }
 
 /// How a case ended.

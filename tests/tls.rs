@@ -7,7 +7,7 @@ use crate::common::{TOKEN, TestServer};
 use camp_server::client::{Client, ClientError, ClientTls};
 use camp_server::extension::Message;
 use camp_server::server::Server;
-use camp_server::session::{SessionEvent, StreamOptions};
+use camp_server::session::StreamOptions;
 use camp_server::tls::{TlsConfig, TlsError};
 use tokio::io::AsyncReadExt;
 
@@ -17,26 +17,9 @@ fn certificate() -> (String, String) {
     (c.cert.pem(), c.signing_key.serialize_pem())
 }
 
-/// An echo server (messages and streams) serving TLS with `tls`.
+/// The binary's echo (messages and streams) serving TLS with `tls`.
 async fn tls_echo(tls: TlsConfig) -> TestServer {
-    let (server, mut incoming) = Server::builder().tokens([TOKEN]).tls(tls).build();
-    tokio::spawn(async move {
-        while let Some((session, mut events)) = incoming.next().await {
-            tokio::spawn(async move {
-                while let Some(event) = events.next().await {
-                    match event {
-                        SessionEvent::Message(Message::Utf8(t)) => drop(session.send_utf8(t)),
-                        SessionEvent::Stream(s) => {
-                            let options = s.options();
-                            drop(session.stream(s, options));
-                        }
-                        _ => {}
-                    }
-                }
-            });
-        }
-    });
-    TestServer::start(server).await
+    TestServer::binary_echo(Server::builder().tls(tls)).await
 }
 
 #[tokio::test]

@@ -14,36 +14,21 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use camp_server::protocol::{Behaviour, Body, Frame, PingPong};
 use camp_server::server::Server;
-use camp_server::session::SessionEvent;
 use camp_server::session::transaction::TxLimits;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
-use crate::common::{RawPeer, TOKEN, TestServer};
+use crate::common::{RawPeer, TestServer};
 
-/// An echo server for streams (PUSH stays PUSH, PULL stays PULL).
+/// The binary's echo (streams relayed back: PUSH stays PUSH, PULL stays
+/// PULL) with these limits.
 async fn stream_echo(limits: TxLimits, keep_alive: Duration) -> TestServer {
-    let (server, mut incoming) = Server::builder()
-        .tokens([TOKEN])
-        .keep_alive(keep_alive)
-        .transaction_limits(limits)
-        .build();
-    tokio::spawn(async move {
-        while let Some((session, mut events)) = incoming.next().await {
-            tokio::spawn(async move {
-                while let Some(event) = events.next().await {
-                    if let SessionEvent::Stream(stream) = event {
-                        let options = stream.options();
-                        let transfer = session.relay(stream, options);
-                        tokio::spawn(async move {
-                            let _ = transfer.await;
-                        });
-                    }
-                }
-            });
-        }
-    });
-    TestServer::start(server).await
+    TestServer::binary_echo(
+        Server::builder()
+            .keep_alive(keep_alive)
+            .transaction_limits(limits),
+    )
+    .await
 }
 
 /// A raw CAMP peer ([`RawPeer`]) that answers heartbeats while it waits.

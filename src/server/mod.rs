@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod echo;
 mod limits;
 mod registry;
 mod tokens;
@@ -25,6 +26,7 @@ mod upgrade;
 #[cfg(test)]
 mod upgrade_proptests;
 
+pub use echo::echo;
 pub use limits::UpgradeLimits;
 pub use tokens::TokenList;
 pub use upgrade::{MAX_HEADERS, Refusal, SUBPROTOCOL};

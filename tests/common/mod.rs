@@ -47,6 +47,19 @@ impl TestServer {
         TestServer::start(server).await
     }
 
+    /// A server built from `builder` (tokens: `secret`) running the
+    /// binary's application, `camp_server::server::echo`: messages posted
+    /// back, streams relayed back with the same name and behaviour.
+    pub async fn binary_echo(builder: ServerBuilder) -> TestServer {
+        let (server, mut incoming) = builder.tokens([TOKEN]).build();
+        tokio::spawn(async move {
+            while let Some((session, events)) = incoming.next().await {
+                tokio::spawn(camp_server::server::echo(session, events));
+            }
+        });
+        TestServer::start(server).await
+    }
+
     /// Builds `builder` and serves it; its sessions come out of the channel.
     pub async fn with_sessions(
         builder: ServerBuilder,

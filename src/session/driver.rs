@@ -6,9 +6,11 @@
 //! Each turn of the loop waits for the first of: a WebSocket message (while
 //! reading is allowed), a command from a handle, a timer, shutdown, or the
 //! end of a pause. Before it waits, everything queued is handed to the
-//! WebSocket; the socket is flushed only when nothing else is ready (or
-//! after [`TURNS_PER_FLUSH`] turns), so a burst of frames read together is
-//! answered with one write.
+//! WebSocket; the socket is flushed only when nothing else is ready (the
+//! application included: see `poll_wake`), when unflushed bytes reach the
+//! queue's high-water mark, or when the task yields after
+//! [`TURNS_PER_POLL`] turns, so a burst of frames read together is answered
+//! with one write.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -97,10 +99,14 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// session's reading, which is the backpressure a slow application exerts.
 const EVENTS_CAPACITY: usize = 256;
 
-/// Most turns (frames read, commands served) between two flushes while
-/// input keeps arriving: replies to a long burst are not held back for
-/// the whole burst.
-const TURNS_PER_FLUSH: u32 = 32;
+/// Turns (frames read, commands served) between two additions of this
+/// session's counts to the metrics while it is busy.
+const TURNS_PER_TALLY: u32 = 32;
+
+/// Most yields of the session's task waiting for the application to
+/// answer what it was delivered before the ACKs are flushed without the
+/// answers (see `poll_wake`).
+const ANSWER_WAITS: u8 = 3;
 
 /// Most turns in one poll of the session's task before it yields to the
 /// runtime (tokio's own cooperative budget is 128 operations).
@@ -156,7 +162,9 @@ where
         yielded: true,
         turns_since_yield: 0,
         write_first: false,
-        flush_now: false,
+        answers_due: false,
+        answers_awaited: false,
+        answer_waits: 0,
         queue,
         bytes_tx: 0,
         tally: Tally::default(),
@@ -205,7 +213,8 @@ pub(crate) struct Driver<S> {
     /// Whether the socket had no room at the last try (the peer is not
     /// reading as fast as we write).
     write_blocked: bool,
-    /// Turns since the last flush.
+    /// Turns since the counts were last added to the metrics (its parity
+    /// also alternates between commands and frames).
     turns: u32,
     /// The task yielded since the last turn: the next turn starts a poll.
     yielded: bool,
@@ -213,9 +222,14 @@ pub(crate) struct Driver<S> {
     turns_since_yield: u32,
     /// Whether this poll of the task writes before it reads.
     write_first: bool,
-    /// Flush at the next chance (a turn limit or the high-water mark was
-    /// reached).
-    flush_now: bool,
+    /// Messages went to the application since the last flush and the
+    /// flush has not yet waited for its answers (see `poll_wake`).
+    answers_due: bool,
+    /// This poll follows a yield made to wait for the application's
+    /// answers: it must not flush before it has taken them.
+    answers_awaited: bool,
+    /// Yields made so far waiting for the current answers.
+    answer_waits: u8,
     /// Outgoing frames (ours, and the transaction sender tasks').
     queue: Arc<Queue>,
     /// Bytes of frames written.
@@ -669,7 +683,9 @@ where
         if fresh {
             self.write_first = !self.write_first;
         }
-        if let Err(e) = self.poll_write(cx, fresh && self.write_first) {
+        let flush_first = fresh && self.write_first && !self.answers_awaited;
+        self.answers_awaited = false;
+        if let Err(e) = self.poll_write(cx, flush_first) {
             return Poll::Ready(Wake::WriteFailed(e));
         }
         let paused = self.paused();
@@ -725,6 +741,28 @@ where
         if let Poll::Ready(wake) = self.poll_signals(cx, running) {
             return Poll::Ready(wake);
         }
+        if self.answers_due {
+            // Messages went to the application since the last flush: its
+            // answers (an echo, a reply) usually come within a turn or two
+            // of the scheduler. Until it asks for its next event (idle),
+            // yield instead of flushing, at most `ANSWER_WAITS` times, so
+            // that the ACKs of what was read and the answers leave in one
+            // write: one system call and one wake-up of the peer instead of
+            // two (measured: the echo made two `sendto` per batch read
+            // where the bare stack makes one). Every source is registered
+            // above; an application that is slow to answer costs a few
+            // polls, not a delay.
+            if !self.events.app_idle() && self.answer_waits < ANSWER_WAITS {
+                self.answer_waits += 1;
+                self.answers_awaited = true;
+                self.yielded = true;
+                self.turns_since_yield = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.answers_due = false;
+            self.answer_waits = 0;
+        }
         // Put what was written on the wire (and register with the queue).
         self.turns = 0;
         if let Err(e) = self.poll_write(cx, true) {
@@ -753,13 +791,15 @@ where
         Poll::Pending
     }
 
-    /// Counts a turn that found work; flushes every [`TURNS_PER_FLUSH`].
+    /// Counts a turn that found work. The socket is not flushed here:
+    /// flushing after a count of turns split the ACKs of a burst from the
+    /// application's answers (a burst of 16 messages and the 16 ACKs of
+    /// our echoes is 32 turns) into two writes.
     fn turn(&mut self, wake: Wake) -> Poll<Wake> {
         self.turns += 1;
         self.turns_since_yield += 1;
-        if self.turns >= TURNS_PER_FLUSH {
+        if self.turns >= TURNS_PER_TALLY {
             self.turns = 0;
-            self.flush_now = true;
             // Counted even while the socket is full (a peer streaming to us).
             self.tally.flush(&self.config.metrics);
         }
@@ -868,7 +908,7 @@ where
                 return Ok(());
             }
         }
-        if flush || self.flush_now {
+        if flush {
             self.poll_flush(cx)?;
         }
         Ok(())
@@ -885,7 +925,6 @@ where
         match Pin::new(&mut self.ws).poll_flush(cx) {
             Poll::Ready(Ok(())) => {
                 self.unflushed = 0;
-                self.flush_now = false;
                 self.write_blocked = false;
                 Ok(true)
             }
@@ -1205,6 +1244,7 @@ where
             }
         }
         self.events.deliver(Event::Message(message));
+        self.answers_due = true;
         None
     }
 
@@ -1309,6 +1349,12 @@ impl EventSender {
         self.gone || self.tx.capacity() > 1
     }
 
+    /// Whether the application has taken every event and asked for more
+    /// (or is gone).
+    fn app_idle(&self) -> bool {
+        self.gone || self.waiting.idle.load(Ordering::Acquire)
+    }
+
     /// A future that completes when the channel has room again (false:
     /// nobody listens any more).
     fn room(&self) -> Pin<Box<dyn Future<Output = bool> + Send>> {
@@ -1328,6 +1374,7 @@ impl EventSender {
         };
         // Counted before it can be taken.
         self.waiting.bytes.fetch_add(len, Ordering::AcqRel);
+        self.waiting.idle.store(false, Ordering::Release);
         match self.tx.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => {

@@ -127,6 +127,10 @@ pub(crate) struct EventBytes {
     pub(crate) bytes: AtomicUsize,
     /// Signalled when the application took a message.
     pub(crate) taken: tokio::sync::Notify,
+    /// The application asked for its next event and none was waiting: it
+    /// has answered everything delivered so far (the session task flushes
+    /// its ACKs together with those answers; see `driver::poll_wake`).
+    pub(crate) idle: std::sync::atomic::AtomicBool,
 }
 
 /// A [`SessionEvent`] as it travels on the event channel: the rare
@@ -149,7 +153,15 @@ pub struct SessionEvents(pub(crate) mpsc::Receiver<Event>, pub(crate) Arc<EventB
 impl SessionEvents {
     /// The next event; `None` after [`SessionEvent::Closed`].
     pub async fn next(&mut self) -> Option<SessionEvent> {
-        Some(match self.0.recv().await? {
+        let event = match self.0.try_recv() {
+            Ok(event) => event,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                self.1.idle.store(true, Ordering::Release);
+                self.0.recv().await?
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+        };
+        Some(match event {
             Event::Message(m) => {
                 self.1.bytes.fetch_sub(m.len(), Ordering::AcqRel);
                 self.1.taken.notify_one();

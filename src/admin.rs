@@ -243,6 +243,11 @@ pub fn render_metrics(server: &Server, report: Option<&dyn AdminReport>) -> Stri
             "Tracked frames not acknowledged within 2.5 s.",
             &m.ack_timeouts,
         ),
+        (
+            "camp_socket_writes_total",
+            "Flushes of a session's WebSocket that put frames on the wire; frames sent per write is how well replies are batched.",
+            &m.socket_writes,
+        ),
     ] {
         family(&mut o, name, help, "counter", [(none(), load(counter))]);
     }

@@ -176,6 +176,8 @@ pub struct Metrics {
     pub ack_rtt: Histogram,
     /// Tracked frames never acknowledged within 2.5 s.
     pub ack_timeouts: AtomicU64,
+    /// Flushes of a session's WebSocket that put frames on the wire.
+    pub socket_writes: AtomicU64,
     /// Data frames dropped by the backpressure policy, by policy.
     queue_drops: [AtomicU64; 3],
     /// Tolerated protocol deviations, by [`Tolerated`] kind.
@@ -197,6 +199,7 @@ impl Default for Metrics {
             malformed: AtomicU64::new(0),
             ack_rtt: Histogram::new(RTT_BOUNDS),
             ack_timeouts: AtomicU64::new(0),
+            socket_writes: AtomicU64::new(0),
             queue_drops: Default::default(),
             tolerated: Default::default(),
             limits_hit: Mutex::new(Vec::new()),
@@ -346,6 +349,8 @@ pub struct Tally {
     /// Ack round trips not yet added: bucket counts and the sum.
     rtt_counts: Vec<u64>,
     rtt_sum_nanos: u64,
+    /// Flushes that put frames on the wire.
+    writes: u32,
     /// Whether anything waits to be added.
     dirty: bool,
 }
@@ -364,6 +369,12 @@ impl Tally {
         let i = frame_index(ty);
         self.frames_out[i] = self.frames_out[i].saturating_add(1);
         self.bytes_out[i] = self.bytes_out[i].saturating_add(len as u32);
+        self.dirty = true;
+    }
+
+    /// Counts a flush of the socket that put frames on the wire.
+    pub fn socket_write(&mut self) {
+        self.writes = self.writes.saturating_add(1);
         self.dirty = true;
     }
 
@@ -393,6 +404,9 @@ impl Tally {
         add(&metrics.bytes_in, &mut self.bytes_in);
         add(&metrics.frames_out, &mut self.frames_out);
         add(&metrics.bytes_out, &mut self.bytes_out);
+        metrics
+            .socket_writes
+            .fetch_add(std::mem::take(&mut self.writes).into(), Ordering::Relaxed);
         if !self.rtt_counts.is_empty() {
             add(&metrics.ack_rtt.counts, &mut self.rtt_counts);
             metrics

@@ -2,6 +2,7 @@
 //! an application that drops or stops reading its events, and a peer that
 //! closes the WebSocket while frames are still queued for it.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::common::{RawPeer, TOKEN, TestServer, small_caps};
@@ -128,5 +129,69 @@ async fn a_close_with_frames_still_queued_is_answered() {
     let (code, _) = peer.closed().await;
     assert_eq!(code, u16::from(CloseCode::Away));
     until_no_sessions(&server.server, Duration::from_secs(5)).await;
+    server.shutdown().await;
+}
+
+/// A burst of messages read together is answered with one write: the
+/// ACKs of its messages and the application's echoes leave in the same
+/// flush. (They left in two, ACKs first: the session flushed when the
+/// socket had nothing more to read, before its application had answered,
+/// and after every 32 turns, which a burst of 16 messages and 16 ACKs is.)
+#[tokio::test]
+async fn the_acks_of_a_burst_and_the_answers_leave_in_one_write() {
+    const ROUNDS: u32 = 10;
+    const BURST: u32 = 16;
+    let server = TestServer::binary_echo(Server::builder()).await;
+    let mut peer = RawPeer::connect(server.addr, 74).await;
+    let mut ack = 1;
+    for _ in 0..ROUNDS {
+        // The burst in one WebSocket flush, so the server reads it at once.
+        for _ in 0..BURST {
+            let frame = camp_server::protocol::Frame::new(
+                peer.sid,
+                Body::Binary {
+                    ack,
+                    data: vec![7u8; 64].into(),
+                },
+            );
+            peer.ws
+                .feed(Ws::Binary(frame.encode().to_vec().into()))
+                .await
+                .unwrap();
+            ack += 1;
+        }
+        peer.ws.flush().await.unwrap();
+        let (mut acks, mut echoes) = (0, 0);
+        while acks < BURST || echoes < BURST {
+            match peer.recv().await.body {
+                Body::Ack { .. } => acks += 1,
+                Body::Binary { ack, .. } => {
+                    echoes += 1;
+                    peer.send(Body::Ack { acked: ack }).await;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    peer.send(Body::Bye {
+        ack,
+        reason: String::new(),
+    })
+    .await;
+    let _ = peer.closed().await;
+    until_no_sessions(&server.server, Duration::from_secs(5)).await;
+    // The session's counts are added to the metrics when it ends.
+    let writes = server
+        .server
+        .metrics()
+        .socket_writes
+        .load(Ordering::Relaxed);
+    // One write per burst, and at most two each for the handshake and the
+    // close; splitting the ACKs from the echoes makes it 2 × ROUNDS + ….
+    assert!(
+        writes <= u64::from(ROUNDS) + 4,
+        "{writes} writes for {ROUNDS} bursts"
+    );
+    assert!(writes >= u64::from(ROUNDS), "{writes} writes counted");
     server.shutdown().await;
 }

@@ -926,6 +926,7 @@ where
             Poll::Ready(Ok(())) => {
                 self.unflushed = 0;
                 self.write_blocked = false;
+                self.tally.socket_write();
                 Ok(true)
             }
             Poll::Ready(Err(e)) => Err(e),

@@ -39,7 +39,7 @@ async fn start_ready(dir: &Path) -> (Child, String, String) {
     started
 }
 
-async fn admin_get(addr: &str, path: &str) -> String {
+pub(crate) async fn admin_get(addr: &str, path: &str) -> String {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await

@@ -115,6 +115,68 @@ fn table_hog() {
     );
 }
 
+/// A plugin built against `camp:extension@0.2.0` (bindings from the frozen
+/// `wit/0.2.0/`, importing `camp:extension/host@0.2.0`, without
+/// `log-enabled`) loads on the 0.2.1 host by semver, is reported as 0.2.0
+/// (in its metadata and in the folder's status, which `/admin` shows), and
+/// every 0.2.0 host function it calls works: log, both clocks, the
+/// session's id and store, and its declared notification.
+#[test]
+fn built_against_0_2_0() {
+    let plugin = load("old", camp_artifacts::BUILT_AGAINST_0_2_0, "");
+    assert_eq!(plugin.meta().wit_version, "0.2.0");
+    assert_eq!(plugin.meta().guest_name, "built-against-0-2-0");
+    assert!(plugin.meta().session_opened && !plugin.meta().session_closed);
+    let (session, _outbox) = Session::detached(7);
+    block_on(plugin.session_opened(&session));
+    assert_eq!(session.get("v020.opened").as_deref(), Some("yes"));
+    let capture = LogCapture::default();
+    let (result, out) = tracing::subscriber::with_default(capture.subscriber(), || {
+        call(
+            &*plugin,
+            Hook::OnReceiveUtf8,
+            &session,
+            Message::Utf8("hi".into()),
+        )
+    });
+    assert_eq!(
+        (result, out),
+        (
+            Ok(Verdict::Pass),
+            Message::Utf8("hi|0.2.0 sid=7 seen=1 clocks=ok".into())
+        )
+    );
+    assert!(
+        capture.text().contains(r#"0.2.0 guest got "hi""#),
+        "{}",
+        capture.text()
+    );
+    assert_eq!(session.get("v020.seen").as_deref(), Some("1"));
+
+    // What the folder reports (the admin view's `wit_version`), beside a
+    // plugin built against the current contract.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        camp_artifacts::BUILT_AGAINST_0_2_0,
+        tmp.path().join("old.wasm"),
+    )
+    .unwrap();
+    std::fs::copy(camp_artifacts::PASSTHROUGH, tmp.path().join("new.wasm")).unwrap();
+    let (plugins, _) = host().open_dir(
+        tmp.path(),
+        camp_server::extension::Pipeline::new(),
+        options(),
+    );
+    let version = |name: &str| {
+        status(&plugins, name)
+            .and_then(|s| s.loaded)
+            .map(|l| l.wit_version)
+    };
+    assert_eq!(version("old").as_deref(), Some("0.2.0"));
+    assert_eq!(version("new").as_deref(), Some("0.2.1"));
+    plugins.stop();
+}
+
 /// The token-validating example (`wit/auth/camp-auth.wit`): a server admits
 /// exactly the tokens the plugin accepts, on real sockets; a configuration
 /// it refuses fails the load, a guest of another world is not one.

@@ -525,7 +525,7 @@ fn plugins_are_notified_of_sessions_only_when_they_declare_it() {
     );
     assert_eq!(session.get("probe.closed"), None);
     assert!(!quiet.meta().session_opened && !quiet.meta().session_closed);
-    assert_eq!(quiet.meta().wit_version, "0.2.0");
+    assert_eq!(quiet.meta().wit_version, "0.2.1");
 
     let listening = probe(
         "listening",

@@ -22,6 +22,7 @@ mod plugin_costs;
 mod plugin_e2e;
 mod plugin_hooks;
 mod plugin_isolation;
+mod plugin_log_level;
 mod plugin_reload;
 mod plugin_sandbox;
 mod reference_clients;

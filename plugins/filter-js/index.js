@@ -2,7 +2,7 @@
 // configuration, like the Rust `filter` plugin (same configuration, same
 // behaviour), and counts the messages it dropped per session in the session
 // store (`filter.dropped`). Regular expressions are JavaScript's dialect.
-import { DROP, PASS, debug, definePlugin, hookSet, replaceUtf8 } from "./camp-plugin.js";
+import { DROP, PASS, debug, definePlugin, hookSet, logEnabled, replaceUtf8 } from "./camp-plugin.js";
 
 let rules = null;
 
@@ -41,7 +41,8 @@ const utf8Length = (text) => new TextEncoder().encode(text).length;
 function dropped(session, why) {
   const count = Number(session.get("filter.dropped") ?? "0") + 1;
   session.set("filter.dropped", String(count));
-  debug(`dropped a message of session ${session.id()}: ${why}`);
+  // Formatted only if the server writes debug lines.
+  if (logEnabled("debug")) debug(`dropped a message of session ${session.id()}: ${why}`);
   return DROP;
 }
 

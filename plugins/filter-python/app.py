@@ -6,7 +6,7 @@ store (`filter.dropped`). Regular expressions are Python's `re` dialect."""
 import json
 import re
 
-from camp_plugin import DROP, PASS, Plugin, debug, hook_set, refuse, replace_utf8
+from camp_plugin import DROP, PASS, Level, Plugin, debug, hook_set, log_enabled, refuse, replace_utf8
 
 KNOWN = {"blocked", "patterns", "max_size", "redact"}
 
@@ -43,7 +43,9 @@ def compile_(pattern: str):
 def dropped(session, why: str):
     count = int(session.get("filter.dropped") or "0") + 1
     session.set("filter.dropped", str(count))
-    debug(f"dropped a message of session {session.id()}: {why}")
+    # Formatted only if the server writes debug lines.
+    if log_enabled(Level.DEBUG):
+        debug(f"dropped a message of session {session.id()}: {why}")
     return DROP
 
 

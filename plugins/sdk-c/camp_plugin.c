@@ -52,7 +52,10 @@ camp_action camp_replace_error(const char *text, size_t len) {
     return replace(CAMP_EXTENSION_TYPES_PAYLOAD_ERROR, text, len);
 }
 
+bool camp_log_enabled(camp_level level) { return camp_extension_host_log_enabled(level); }
+
 void camp_log(camp_level level, const char *fmt, ...) {
+    if (!camp_log_enabled(level)) return;
     char line[1024];
     va_list args;
     va_start(args, fmt);

@@ -85,9 +85,14 @@ camp_action camp_replace_binary(const uint8_t *data, size_t len);
 /* Replace an error message by a copy of `text[0..len]`. */
 camp_action camp_replace_error(const char *text, size_t len);
 
-/* Writes a log line (printf-style) into the server's log. */
+/* Writes a log line (printf-style) into the server's log; formats nothing
+ * when the server would drop the line (see camp_log_enabled). */
 void camp_log(camp_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Whether a line at `level` would reach the server's log (its filter lets
+ * plugin lines of that level through); for skipping work before camp_log,
+ * whose arguments are evaluated anyway. Fixed while camp-server runs. */
+bool camp_log_enabled(camp_level level);
 /* Milliseconds on a monotonic clock / since the Unix epoch. */
 uint64_t camp_monotonic_ms(void);
 uint64_t camp_now_ms(void);

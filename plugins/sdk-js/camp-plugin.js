@@ -18,8 +18,9 @@
 // Never console.log: the host captures stdout/stderr as log lines, bounded
 // per call, and an interpreted guest pays for it on every call. Use
 // log/debug/info/warn/error below (the server's log, tagged with the
-// plugin's name).
-import { log as hostLog, monotonicMs, nowMs } from "camp:extension/host@0.2.0";
+// plugin's name), and logEnabled(level) to skip building lines the server
+// would drop.
+import { log as hostLog, logEnabled as hostLogEnabled, monotonicMs, nowMs } from "camp:extension/host@0.2.1";
 
 export { monotonicMs, nowMs };
 
@@ -64,6 +65,13 @@ export const debug = (m) => log("debug", m);
 export const info = (m) => log("info", m);
 export const warn = (m) => log("warn", m);
 export const error = (m) => log("error", m);
+/**
+ * Whether a line at `level` ("trace" … "error") would reach the server's
+ * log (its filter lets plugin lines of that level through): check it
+ * before building a line, e.g. `if (logEnabled("debug")) debug(`…`)`.
+ * The answer does not change while the camp-server process runs.
+ */
+export const logEnabled = (level) => hostLogEnabled(level);
 
 /**
  * The twelve exports of the plugin world from `plugin`: `name` (a string),

@@ -16,7 +16,8 @@ declared; every other export has a pass-through default. The app module
 Never `print`: the host captures stdout/stderr as log lines, bounded per
 call and cut when too long, and an interpreted guest pays for it on every
 call. Use `log`, `debug`, `info`, `warn` or `error` (they go to the
-server's log tagged with the plugin's name).
+server's log tagged with the plugin's name), and `log_enabled(level)` to
+skip formatting lines the server would drop.
 """
 
 from wit_world import WitWorld as _World
@@ -45,6 +46,7 @@ __all__ = [
     "hook_set",
     "refuse",
     "log",
+    "log_enabled",
     "trace",
     "debug",
     "info",
@@ -108,6 +110,14 @@ def refuse(message: str):
 def log(level: Level, message: str) -> None:
     """A line in the server's log, tagged with the plugin's name."""
     host.log(level, message)
+
+
+def log_enabled(level: Level) -> bool:
+    """Whether a line at `level` would reach the server's log (its filter
+    lets plugin lines of that level through): check it before formatting
+    a line, e.g. `if log_enabled(Level.DEBUG): debug(f"...")`. The answer
+    does not change while the camp-server process runs."""
+    return host.log_enabled(level)
 
 
 def trace(message: str) -> None:

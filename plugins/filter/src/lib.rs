@@ -22,7 +22,7 @@
 
 use std::cell::RefCell;
 
-use camp_plugin::{Action, HookSet, Level, Payload, Plugin, Session, log};
+use camp_plugin::{Action, HookSet, Level, Payload, Plugin, Session, log, log_enabled};
 use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 
@@ -154,10 +154,13 @@ fn dropped(session: &Session, why: &str) -> Action {
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or(0);
     session.set(DROPPED, &(count + 1).to_string());
-    log(
-        Level::Debug,
-        &format!("dropped a message of session {}: {why}", session.id()),
-    );
+    // Formatted only if the server writes debug lines.
+    if log_enabled(Level::Debug) {
+        log(
+            Level::Debug,
+            &format!("dropped a message of session {}: {why}", session.id()),
+        );
+    }
     Action::Drop
 }
 

@@ -3,10 +3,16 @@
 //!
 //! Configuration (`logger.toml`, optional): `config = "debug"` (or any
 //! level name) sets the level of the per-message lines; default `info`.
+//!
+//! When the server's log filter would drop lines of that level
+//! (`log_enabled`), the logger declares no hook at all: the host never
+//! calls it, nor copies a message into it. `hooks()` runs after
+//! `on-register`, so the level is known then; the hooks still check
+//! before formatting, in case a host's filter changes while it is loaded.
 
 use std::cell::Cell;
 
-use camp_plugin::{Action, HookSet, Level, Plugin, Session, log};
+use camp_plugin::{Action, HookSet, Level, Plugin, Session, log, log_enabled};
 
 /// The plugin type exported as the component.
 struct Logger;
@@ -16,15 +22,23 @@ thread_local! {
     static LEVEL: Cell<Level> = const { Cell::new(Level::Info) };
 }
 
+/// The level of the lines, if the server would write them now.
+fn level() -> Option<Level> {
+    let level = LEVEL.with(Cell::get);
+    log_enabled(level).then_some(level)
+}
+
 /// Logs one message and lets it pass.
 fn record(direction: &str, session: &Session, kind: &str, size: usize) -> Action {
-    log(
-        LEVEL.with(Cell::get),
-        &format!(
-            "{direction} session={} kind={kind} size={size}",
-            session.id()
-        ),
-    );
+    if let Some(level) = level() {
+        log(
+            level,
+            &format!(
+                "{direction} session={} kind={kind} size={size}",
+                session.id()
+            ),
+        );
+    }
     Action::Pass
 }
 
@@ -34,7 +48,12 @@ impl Plugin for Logger {
     }
 
     fn hooks() -> HookSet {
-        HookSet::all()
+        // Nothing to write, nothing to be called for.
+        if level().is_some() {
+            HookSet::all()
+        } else {
+            HookSet::empty()
+        }
     }
 
     fn on_register(config: String) -> Result<(), String> {
@@ -51,18 +70,16 @@ impl Plugin for Logger {
     }
 
     fn session_opened(session: &Session) {
-        let addr = session.remote_addr().unwrap_or_else(|| "-".into());
-        log(
-            LEVEL.with(Cell::get),
-            &format!("open session={} addr={addr}", session.id()),
-        );
+        if let Some(level) = level() {
+            let addr = session.remote_addr().unwrap_or_else(|| "-".into());
+            log(level, &format!("open session={} addr={addr}", session.id()));
+        }
     }
 
     fn session_closed(session: &Session) {
-        log(
-            LEVEL.with(Cell::get),
-            &format!("close session={}", session.id()),
-        );
+        if let Some(level) = level() {
+            log(level, &format!("close session={}", session.id()));
+        }
     }
 
     fn before_send_utf8(session: &Session, text: String) -> Action {

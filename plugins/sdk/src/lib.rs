@@ -18,6 +18,13 @@
 //! camp_plugin::plugin!(Shout);
 //! ```
 //!
+//! [`log`] writes a line into the server's log; [`log_enabled`] says
+//! whether a line at a level would be written, so a plugin formats only
+//! lines someone will read (`if log_enabled(Level::Debug) { log(…,
+//! &format!(…)) }`), and can leave out of [`Plugin::hooks`] the hooks that
+//! would only log (`hooks` runs after `on_register`, so a level from the
+//! configuration is known by then).
+//!
 //! Panics are logged through `host.log` at error level (as
 //! `panic at FILE:LINE:COL: MESSAGE`) and then trap; the host also captures
 //! stderr, where the standard panic message still goes. The SDK installs
@@ -40,7 +47,7 @@ pub mod bindings {
 }
 
 use bindings::Guest;
-pub use bindings::camp::extension::host::{Session, log, monotonic_ms, now_ms};
+pub use bindings::camp::extension::host::{Session, log, log_enabled, monotonic_ms, now_ms};
 pub use bindings::camp::extension::types::{Action, HookSet, Level, Payload};
 
 /// A plugin, with every hook defaulting to "pass" so an implementation
@@ -48,7 +55,8 @@ pub use bindings::camp::extension::types::{Action, HookSet, Level, Payload};
 pub trait Plugin {
     /// The plugin's human-readable name.
     fn name() -> String;
-    /// The hooks the host should call.
+    /// The hooks the host should call. Called once per load, after
+    /// [`Plugin::on_register`] succeeded on the same instance.
     fn hooks() -> HookSet;
     /// Receives the `config` value of the plugin's TOML file; an error
     /// refuses the load.

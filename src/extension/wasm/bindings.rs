@@ -1,11 +1,20 @@
 //! Host bindings generated from the WIT: the current contract
-//! (`wit/camp-extension.wit`, `camp:extension@0.2.0`) and every older
-//! version the host still loads (`wit/0.1.0/`), per the WIT's
-//! compatibility rule. Exports are called with `call_async` (the guest
-//! yields to the runtime every epoch tick, see [`budget`](super::budget));
-//! the host's own imports never block and stay synchronous.
+//! (`wit/camp-extension.wit`, `camp:extension@0.2.1`) and every older
+//! minor version the host still loads (`wit/0.1.0/`), per the WIT's
+//! compatibility rule. Older patch versions of the current minor
+//! (`wit/0.2.0/`) need no binding: wasmtime's component `Linker` resolves
+//! an import of `camp:extension/host@0.2.0` to the `@0.2.1` definitions
+//! by semver, and 0.2.1 only added host functions.
+//!
+//! Exports are called with `call_async` (the guest yields to the runtime
+//! every epoch tick, see [`budget`](super::budget)); the host's own
+//! imports never block and stay synchronous.
 
-/// `camp:extension@0.2.0`, the current contract.
+/// The version of the current contract, `wit/camp-extension.wit`.
+pub const CURRENT_WIT_VERSION: &str = "0.2.1";
+
+/// `camp:extension@0.2.1`, the current contract (it also serves plugins
+/// built against 0.2.0).
 pub mod latest {
     wasmtime::component::bindgen!({
         world: "plugin",

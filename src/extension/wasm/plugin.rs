@@ -34,7 +34,7 @@ use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::bindings::latest::camp::extension::types::{Action, HookSet as WitHookSet, Payload};
-use super::bindings::{latest, v0_1};
+use super::bindings::{CURRENT_WIT_VERSION, latest, v0_1};
 use super::budget;
 use super::config::PluginConfig;
 use super::output::GuestOutput;
@@ -102,19 +102,33 @@ pub enum InstanceError {
 
 /// A pre-linked component, for the WIT version it was built against.
 pub(crate) enum PluginPre {
-    /// `camp:extension@0.2.0`.
+    /// `camp:extension@0.2.x` (0.2.0 and 0.2.1 share the bindings: see
+    /// [`bindings`](super::bindings)).
     Latest(latest::PluginPre<InstanceState>),
     /// `camp:extension@0.1.0`.
     V0_1(v0_1::PluginPre<InstanceState>),
 }
 
 impl PluginPre {
-    /// The WIT package version.
-    fn version(&self) -> &'static str {
-        match self {
-            PluginPre::Latest(_) => "0.2.0",
-            PluginPre::V0_1(_) => "0.1.0",
-        }
+    /// The WIT package version the component was built against: the
+    /// version of the `camp:extension` interfaces it imports (a plugin
+    /// built against 0.2.0 imports `camp:extension/host@0.2.0` even though
+    /// the 0.2.1 definitions serve it), or the bindings' version if it
+    /// imports none.
+    fn version(&self, engine: &Engine) -> String {
+        let (component, fallback) = match self {
+            PluginPre::Latest(pre) => (pre.instance_pre().component(), CURRENT_WIT_VERSION),
+            PluginPre::V0_1(pre) => (pre.instance_pre().component(), "0.1.0"),
+        };
+        component
+            .component_type()
+            .imports(engine)
+            .find_map(|(name, _)| {
+                let rest = name.strip_prefix("camp:extension/")?;
+                let (_, version) = rest.split_once('@')?;
+                Some(version.to_string())
+            })
+            .unwrap_or_else(|| fallback.to_string())
     }
 
     /// Instantiates into `store` (async: start functions may run).
@@ -128,7 +142,7 @@ impl PluginPre {
 
 /// The typed exports of an instance, for its WIT version.
 enum Bindings {
-    /// `camp:extension@0.2.0`.
+    /// `camp:extension@0.2.x`.
     Latest(latest::Plugin),
     /// `camp:extension@0.1.0`.
     V0_1(v0_1::Plugin),
@@ -366,8 +380,9 @@ pub struct PluginMeta {
     pub guest_name: String,
     /// SHA-256 of the component bytes.
     pub hash: String,
-    /// The `camp:extension` version it was built against (`0.2.0`, `0.1.0`).
-    pub wit_version: &'static str,
+    /// The `camp:extension` version it was built against (`0.2.1`,
+    /// `0.2.0`, `0.1.0`): the version of the interfaces it imports.
+    pub wit_version: String,
     /// The message hooks it declared.
     pub hooks: HookSet,
     /// Whether it declared `session-opened` (always, for 0.1.0 plugins).
@@ -584,7 +599,7 @@ impl WasmPlugin {
                 name: name.clone(),
                 guest_name: String::new(),
                 hash,
-                wit_version: pre.version(),
+                wit_version: pre.version(&engine),
                 hooks: HookSet::NONE,
                 session_opened: false,
                 session_closed: false,

@@ -173,20 +173,28 @@ fn origin() -> Instant {
     *ORIGIN.get_or_init(Instant::now)
 }
 
+/// Whether the server's log filter lets a plugin line at `level` through:
+/// `host.log` drops the lines it refuses, and `host.log-enabled` answers
+/// with it, so the two never disagree. A callsite check in this module
+/// (the target of the lines `log` writes); the answer changes only if the
+/// subscriber's filter does (never in the camp-server binary).
+pub(crate) fn log_enabled(level: tracing::Level) -> bool {
+    match level {
+        tracing::Level::TRACE => tracing::enabled!(tracing::Level::TRACE),
+        tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
+        tracing::Level::INFO => tracing::enabled!(tracing::Level::INFO),
+        tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
+        tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
+    }
+}
+
 /// The host interface, once; each WIT version's generated traits below
 /// delegate here.
 impl InstanceState {
     fn log(&mut self, level: tracing::Level, message: String) {
         // A level the server's log filter leaves out costs a callsite
         // check: no cut, no output budget, no formatting.
-        let enabled = match level {
-            tracing::Level::TRACE => tracing::enabled!(tracing::Level::TRACE),
-            tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
-            tracing::Level::INFO => tracing::enabled!(tracing::Level::INFO),
-            tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
-            tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
-        };
-        if !enabled {
+        if !log_enabled(level) {
             return;
         }
         let message = cut_at(&message, MAX_LOG_MESSAGE);
@@ -290,9 +298,10 @@ impl InstanceState {
 }
 
 /// Implements one WIT version's `host` and `types` traits by delegating to
-/// the methods above.
+/// the methods above; `$extra` are the host functions of that version
+/// beyond 0.1.0's (they may use `level` to convert a WIT level).
 macro_rules! host_interface {
-    ($version:ident) => {
+    ($version:ident $(, $($extra:tt)+)?) => {
         mod $version {
             use wasmtime::component::Resource;
 
@@ -302,18 +311,24 @@ macro_rules! host_interface {
 
             impl types::Host for InstanceState {}
 
+            /// A WIT level as a `tracing` level.
+            fn level(level: types::Level) -> tracing::Level {
+                match level {
+                    types::Level::Trace => tracing::Level::TRACE,
+                    types::Level::Debug => tracing::Level::DEBUG,
+                    types::Level::Info => tracing::Level::INFO,
+                    types::Level::Warn => tracing::Level::WARN,
+                    types::Level::Error => tracing::Level::ERROR,
+                }
+            }
+
             impl host::Host for InstanceState {
                 fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
-                    let level = match level {
-                        types::Level::Trace => tracing::Level::TRACE,
-                        types::Level::Debug => tracing::Level::DEBUG,
-                        types::Level::Info => tracing::Level::INFO,
-                        types::Level::Warn => tracing::Level::WARN,
-                        types::Level::Error => tracing::Level::ERROR,
-                    };
-                    InstanceState::log(self, level, message);
+                    InstanceState::log(self, self::level(level), message);
                     Ok(())
                 }
+
+                $($($extra)+)?
 
                 fn monotonic_ms(&mut self) -> wasmtime::Result<u64> {
                     Ok(InstanceState::monotonic_ms(self))
@@ -404,5 +419,10 @@ macro_rules! host_interface {
     };
 }
 
-host_interface!(latest);
+host_interface!(
+    latest,
+    fn log_enabled(&mut self, level: types::Level) -> wasmtime::Result<bool> {
+        Ok(super::log_enabled(self::level(level)))
+    }
+);
 host_interface!(v0_1);

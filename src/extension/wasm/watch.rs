@@ -129,7 +129,7 @@ pub struct LoadedVersion {
     /// The name the plugin gives itself.
     pub guest_name: String,
     /// The `camp:extension` version it was built against.
-    pub wit_version: &'static str,
+    pub wit_version: String,
     /// The hooks it implements, the session notifications included.
     pub hooks: Vec<&'static str>,
     /// Its effective configuration.

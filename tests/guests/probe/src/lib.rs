@@ -26,6 +26,8 @@
 //! `SET:k=v` / `GET:k` (session store), `ENV:NAME` (replace with the
 //! environment variable or `<unset>`), `READ:path` (replace with the file's
 //! contents or `<error>`), `NOW` (replace with the clocks), `LOG` (log),
+//! `LOGENABLED` (replace with `host.log-enabled`'s answer per level:
+//! `trace=0 debug=0 info=1 warn=1 error=1`),
 //! `PRINT` (write `probe stdout: <text>` to stdout and `probe stderr:
 //! <text>` to stderr, then go on as if no marker matched), `SLEEP:<ms>`
 //! (sleep, a WASI monotonic-clock poll, then go on normally), `BURN:<ms>`
@@ -42,7 +44,9 @@ use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::Duration;
 
-use camp_plugin::{Action, HookSet, Level, Payload, Plugin, Session, log, monotonic_ms, now_ms};
+use camp_plugin::{
+    Action, HookSet, Level, Payload, Plugin, Session, log, log_enabled, monotonic_ms, now_ms,
+};
 use serde::Deserialize;
 
 /// The plugin type exported as the component.
@@ -240,6 +244,20 @@ fn markers(session: &Session, text: &str, error_kind: bool) -> Option<Action> {
     }
     if text == "LOG" {
         log(Level::Warn, "probe log line");
+    }
+    if text == "LOGENABLED" {
+        let levels = [
+            ("trace", Level::Trace),
+            ("debug", Level::Debug),
+            ("info", Level::Info),
+            ("warn", Level::Warn),
+            ("error", Level::Error),
+        ];
+        let answers: Vec<String> = levels
+            .into_iter()
+            .map(|(name, level)| format!("{name}={}", u8::from(log_enabled(level))))
+            .collect();
+        return wrap(answers.join(" "));
     }
     None
 }

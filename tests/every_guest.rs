@@ -214,7 +214,8 @@ async fn token_check() {
 /// `borrow<session>`.
 #[tokio::test]
 async fn batch() {
-    use crate::plugin_support::batch::{Action, BatchGuest, Payload};
+    use crate::plugin_support::batch::bindings::camp_bench::batch::types::Payload;
+    use crate::plugin_support::batch::{Action, BatchGuest};
 
     let wasm = bytes(camp_artifacts::BATCH);
     let mut guest = BatchGuest::new(host().engine(), &wasm, 7).await.unwrap();

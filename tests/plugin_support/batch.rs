@@ -41,7 +41,7 @@ pub mod bindings {
     });
 }
 
-pub use bindings::camp_bench::batch::types::{Action, Payload};
+pub use bindings::camp_bench::batch::types::Action;
 
 /// The host side of the `session` resource: like the plugin host's, a
 /// borrow of "the session of this call" that carries nothing.

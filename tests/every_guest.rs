@@ -270,6 +270,68 @@ async fn token_check() {
     assert!(matches!(err, TokenPluginError::Load { .. }), "{err}");
 }
 
+/// The batching benchmark's guest (`benches/batch.rs`, a test-only world):
+/// a batch gets one action per message, in order, the same as calling the
+/// hook once per message; the pass-through hooks pass, with or without the
+/// `borrow<session>`.
+#[tokio::test]
+async fn batch() {
+    use crate::plugin_support::batch::bindings::camp_bench::batch::types::Payload;
+    use crate::plugin_support::batch::{Action, BatchGuest};
+
+    let wasm = bytes(camp_artifacts::BATCH);
+    let mut guest = BatchGuest::new(host().engine(), &wasm, 7).await.unwrap();
+    let texts: Vec<String> = ["quiet", "one!", "two!!", "", "ünï!cödé!!"]
+        .map(String::from)
+        .into();
+    let expected = ["pass", "drop", "replace 2", "pass", "replace 3"];
+    let show = |action: &Action| match action {
+        Action::Pass => "pass".to_string(),
+        Action::Drop => "drop".to_string(),
+        Action::Replace(Payload::Utf8(text)) => format!("replace {text}"),
+        Action::Replace(_) => "replace of another kind".to_string(),
+    };
+    let mut one_by_one = Vec::new();
+    for text in &texts {
+        one_by_one.push(show(&guest.scan(7, text).await.unwrap()));
+    }
+    assert_eq!(one_by_one, expected);
+    let batched: Vec<String> = guest
+        .scan_batch(7, &texts)
+        .await
+        .unwrap()
+        .iter()
+        .map(show)
+        .collect();
+    assert_eq!(batched, expected);
+
+    for n in [0, 1, 16] {
+        let texts = vec!["x".repeat(64); n];
+        let passes = vec!["pass"; n];
+        let batched: Vec<String> = guest
+            .batch(7, &texts)
+            .await
+            .unwrap()
+            .iter()
+            .map(show)
+            .collect();
+        assert_eq!(batched, passes);
+        let batched: Vec<String> = guest
+            .session_batch(&texts)
+            .await
+            .unwrap()
+            .iter()
+            .map(show)
+            .collect();
+        assert_eq!(batched, passes);
+    }
+    assert!(matches!(guest.single(7, "x").await.unwrap(), Action::Pass));
+    assert!(matches!(
+        guest.session_single("x!").await.unwrap(),
+        Action::Pass
+    ));
+}
+
 /// Fails to compile when a guest has no test of its name above.
 macro_rules! assert_test_exists {
     ($name:ident) => {

@@ -2,6 +2,8 @@
 //! target's temporary folder, loading the guests built by build.rs with an
 //! inline `NAME.toml`, and running one message through a hook.
 
+pub mod batch;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -11,8 +11,10 @@ pub async fn echo(session: Session, mut events: SessionEvents) {
         match event {
             // Nobody awaits the echo's ACK: posted without a receipt.
             SessionEvent::Message(m @ (Message::Utf8(_) | Message::Binary(_))) => session.post(m),
+            // Debug, not info: a peer can send ERROR messages as fast as
+            // any other, and a line each would let it fill the log.
             SessionEvent::Message(Message::Error(text)) => {
-                tracing::info!(sid = session.id(), "peer reported: {text}")
+                tracing::debug!(sid = session.id(), "peer reported: {text}")
             }
             SessionEvent::Stream(stream) => {
                 let options = stream.options();

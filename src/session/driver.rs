@@ -106,7 +106,7 @@ const TURNS_PER_TALLY: u32 = 32;
 /// Most yields of the session's task waiting for the application to
 /// answer what it was delivered before the ACKs are flushed without the
 /// answers (see `poll_wake`).
-const ANSWER_WAITS: u8 = 3;
+const ANSWER_WAITS: u8 = 1;
 
 /// Most turns in one poll of the session's task before it yields to the
 /// runtime (tokio's own cooperative budget is 128 operations).

@@ -195,3 +195,40 @@ async fn the_acks_of_a_burst_and_the_answers_leave_in_one_write() {
     assert!(writes >= u64::from(ROUNDS), "{writes} writes counted");
     server.shutdown().await;
 }
+
+/// A frame the peer never acknowledges times out 2.5 s after it was sent,
+/// also when the expiry timer was set for an older frame that was
+/// acknowledged meanwhile (the timer is kept, fires early, finds nothing
+/// due and is set again for the frame still pending).
+#[tokio::test]
+async fn a_frame_never_acknowledged_times_out_after_an_acknowledged_one() {
+    let (server, mut sessions) = TestServer::with_sessions(Server::builder().tokens([TOKEN])).await;
+    let mut peer = RawPeer::connect(server.addr, 75).await;
+    let (session, _events) = sessions.recv().await.unwrap();
+    let first = session.send_utf8("first");
+    let Body::Utf8 { ack, .. } = peer.recv_data().await.body else {
+        panic!("expected the first message")
+    };
+    peer.send(Body::Ack { acked: ack }).await;
+    assert!(first.acked().await.is_ok());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let sent = Instant::now();
+    let second = session.send_utf8("second");
+    assert!(matches!(peer.recv_data().await.body, Body::Utf8 { .. }));
+    // Not acknowledged: it times out one ACK timeout after it was sent,
+    // not at the first frame's deadline and not never.
+    let result = tokio::time::timeout(Duration::from_secs(6), second.acked())
+        .await
+        .expect("the second frame timed out");
+    let waited = sent.elapsed();
+    assert_eq!(result, Err(camp_server::session::DeliveryError::Timeout));
+    assert!(
+        waited >= Duration::from_millis(2400) && waited < Duration::from_millis(4000),
+        "timed out after {waited:?}"
+    );
+    assert_eq!(
+        server.server.metrics().ack_timeouts.load(Ordering::Relaxed),
+        1
+    );
+    server.shutdown().await;
+}

@@ -288,7 +288,8 @@ struct Waits {
     /// The oldest pending ACK's deadline.
     /// (Allocated while something is pending: idle sessions hold none.)
     expiry: Option<Pin<Box<Sleep>>>,
-    /// What `expiry` is set to, if anything is pending.
+    /// What `expiry` is set to (at or before the oldest pending ACK's
+    /// deadline; see `arm_expiry`).
     expiry_at: Option<Instant>,
     /// While reading is paused: completes when the cause may have eased.
     resume: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -1044,18 +1045,25 @@ where
         info
     }
 
-    /// Sets the ACK-expiry timer, only when the oldest pending ACK changed.
+    /// Sets the ACK-expiry timer for the oldest pending ACK. Deadlines are
+    /// in send order (each is its send time plus one timeout), so the
+    /// oldest one only moves later as ACKs arrive: a timer armed for an
+    /// earlier deadline is kept, fires early, finds nothing due and is set
+    /// again then. That is at most one early wake-up per timeout instead of
+    /// a timer reset per ACK received (1.3 % of the server's time in the
+    /// echo benchmark).
     fn arm_expiry(&mut self) {
-        let deadline = self.acks.next_deadline().map(Instant::from_std);
-        if deadline != self.waits.expiry_at {
-            if let Some(d) = deadline {
-                match self.waits.expiry.as_mut() {
-                    Some(expiry) => expiry.as_mut().reset(d),
-                    None => self.waits.expiry = Some(Box::pin(tokio::time::sleep_until(d))),
-                }
-            }
-            self.waits.expiry_at = deadline;
+        let Some(deadline) = self.acks.next_deadline().map(Instant::from_std) else {
+            return;
+        };
+        if self.waits.expiry_at.is_some_and(|armed| armed <= deadline) {
+            return;
         }
+        match self.waits.expiry.as_mut() {
+            Some(expiry) => expiry.as_mut().reset(deadline),
+            None => self.waits.expiry = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.waits.expiry_at = Some(deadline);
     }
 
     /// Counts the ACKs expired early at `MAX_PENDING_ACKS`.
@@ -1078,8 +1086,9 @@ where
         }
         self.queue.trim();
         self.acks.release();
-        if self.waits.expiry_at.is_none() {
+        if self.acks.next_deadline().is_none() {
             self.waits.expiry = None;
+            self.waits.expiry_at = None;
         }
     }
 

@@ -124,13 +124,17 @@ pub(crate) fn install<T: Metered + 'static>(store: &mut Store<T>) {
 /// under `budget`. Returns the call's result, or an interrupt trap when
 /// the budget ran out while the guest waited in WASI (running out while
 /// running traps inside the guest, with the same error).
+///
+/// `call` is pinned by the caller, where it was made: a guest call's
+/// future is several KiB (wasmtime's fiber call), and taking it by value
+/// moved it twice more on every call (into this future, then into its
+/// pinned slot).
 pub(crate) async fn run<R>(
     meter: &CallMeter,
     budget: Duration,
-    call: impl Future<Output = wasmtime::Result<R>>,
+    mut call: Pin<&mut impl Future<Output = wasmtime::Result<R>>>,
 ) -> wasmtime::Result<R> {
     meter.start(budget);
-    let mut call = std::pin::pin!(call);
     // While the guest waits in WASI: since when, and a timer for the rest
     // of the budget.
     let mut waiting: Option<(Instant, Pin<Box<tokio::time::Sleep>>)> = None;

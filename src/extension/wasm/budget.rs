@@ -43,13 +43,24 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 /// The epoch tick: time budgets are enforced with this granularity.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
 
+/// The process-wide origin of [`now_ns`].
+fn origin() -> std::time::Instant {
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(std::time::Instant::now)
+}
+
 /// Nanoseconds since a process-wide origin (a monotonic clock).
 fn now_ns() -> u64 {
-    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
-    ORIGIN
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_nanos() as u64
+    origin().elapsed().as_nanos() as u64
+}
+
+/// [`now_ns`], or the read the caller lent for this poll (see
+/// [`clock`](crate::extension::clock)) if there is one.
+fn turn_start_ns() -> u64 {
+    let origin = origin();
+    crate::extension::clock::take()
+        .and_then(|lent| lent.checked_duration_since(origin))
+        .map_or_else(now_ns, |since| since.as_nanos() as u64)
 }
 
 /// The running account of the call in progress on one instance.
@@ -139,7 +150,7 @@ pub(crate) async fn run<R>(
     // of the budget.
     let mut waiting: Option<(Instant, Pin<Box<tokio::time::Sleep>>)> = None;
     std::future::poll_fn(|cx| {
-        let turn_started = now_ns();
+        let turn_started = turn_start_ns();
         let timer = waiting.take().map(|(since, timer)| {
             meter.charge(since.elapsed().as_nanos() as u64);
             timer

@@ -41,3 +41,20 @@ pub(crate) fn lend<R>(now: Instant, poll: impl FnOnce() -> R) -> R {
 pub(crate) fn take() -> Option<Instant> {
     LENT.take()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loan_is_taken_once_and_ends_with_the_poll() {
+        let now = Instant::now();
+        let (first, second) = lend(now, || (take(), take()));
+        assert_eq!(first, Some(now));
+        assert_eq!(second, None, "taken at most once");
+        lend(now, || ());
+        assert_eq!(take(), None, "the loan ends with the poll");
+        let _ = std::panic::catch_unwind(|| lend(now, || panic!("a poll that panics")));
+        assert_eq!(take(), None, "also when the poll panics");
+    }
+}

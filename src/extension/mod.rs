@@ -39,6 +39,7 @@
 //! # });
 //! ```
 
+pub(crate) mod clock;
 mod pipeline;
 
 use std::future::Future;

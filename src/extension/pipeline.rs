@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use super::{Extension, FailurePolicy, Hook, HookError, HookSet, Message, Verdict};
+use super::{Extension, FailurePolicy, Hook, HookError, HookSet, Message, Verdict, clock};
 use crate::metrics::{HOOK_BOUNDS, Histogram};
 use crate::protocol::close;
 use crate::session::{Direction, Filter, FilterFuture, Session};
@@ -289,7 +289,15 @@ impl Pipeline {
         let entries = self.snapshot();
         for entry in entries.iter().filter(|e| e.hooks.contains(hook)) {
             let started = std::time::Instant::now();
-            let result = entry.extension.call(hook, session, message).await;
+            let mut call = entry.extension.call(hook, session, message);
+            // The first poll borrows `started` for the plugin's time
+            // budget, which would otherwise read the clock again.
+            let mut lend = Some(started);
+            let result = std::future::poll_fn(|cx| match lend.take() {
+                Some(now) => clock::lend(now, || call.as_mut().poll(cx)),
+                None => call.as_mut().poll(cx),
+            })
+            .await;
             entry.stats.calls.fetch_add(1, Ordering::Relaxed);
             entry.stats.latency.observe(started.elapsed());
             match result {

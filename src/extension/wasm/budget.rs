@@ -43,13 +43,24 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 /// The epoch tick: time budgets are enforced with this granularity.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
 
+/// The process-wide origin of [`now_ns`].
+fn origin() -> std::time::Instant {
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(std::time::Instant::now)
+}
+
 /// Nanoseconds since a process-wide origin (a monotonic clock).
 fn now_ns() -> u64 {
-    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
-    ORIGIN
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_nanos() as u64
+    origin().elapsed().as_nanos() as u64
+}
+
+/// [`now_ns`], or the read the caller lent for this poll (see
+/// [`clock`](crate::extension::clock)) if there is one.
+fn turn_start_ns() -> u64 {
+    let origin = origin();
+    crate::extension::clock::take()
+        .and_then(|lent| lent.checked_duration_since(origin))
+        .map_or_else(now_ns, |since| since.as_nanos() as u64)
 }
 
 /// The running account of the call in progress on one instance.
@@ -124,18 +135,22 @@ pub(crate) fn install<T: Metered + 'static>(store: &mut Store<T>) {
 /// under `budget`. Returns the call's result, or an interrupt trap when
 /// the budget ran out while the guest waited in WASI (running out while
 /// running traps inside the guest, with the same error).
+///
+/// `call` is pinned by the caller, where it was made: a guest call's
+/// future is several KiB (wasmtime's fiber call), and taking it by value
+/// moved it twice more on every call (into this future, then into its
+/// pinned slot).
 pub(crate) async fn run<R>(
     meter: &CallMeter,
     budget: Duration,
-    call: impl Future<Output = wasmtime::Result<R>>,
+    mut call: Pin<&mut impl Future<Output = wasmtime::Result<R>>>,
 ) -> wasmtime::Result<R> {
     meter.start(budget);
-    let mut call = std::pin::pin!(call);
     // While the guest waits in WASI: since when, and a timer for the rest
     // of the budget.
     let mut waiting: Option<(Instant, Pin<Box<tokio::time::Sleep>>)> = None;
     std::future::poll_fn(|cx| {
-        let turn_started = now_ns();
+        let turn_started = turn_start_ns();
         let timer = waiting.take().map(|(since, timer)| {
             meter.charge(since.elapsed().as_nanos() as u64);
             timer

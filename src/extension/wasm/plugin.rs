@@ -558,12 +558,10 @@ impl Instance {
         data.limiter.exceeded = false;
         data.limiter.table_exceeded = false;
         self.store.set_epoch_deadline(1);
-        let result = budget::run(
-            &self.meter,
-            budget,
-            invoke(&self.bindings, &mut self.store, &call),
-        )
-        .await;
+        let result = {
+            let guest = std::pin::pin!(invoke(&self.bindings, &mut self.store, &call));
+            budget::run(&self.meter, budget, guest).await
+        };
         // Classified before the output is flushed: a trap's error quotes
         // what the guest wrote to stderr.
         let result = result.map_err(|e| self.classify(e, config, budget));
@@ -817,9 +815,11 @@ impl WasmPlugin {
         // Instantiation runs the component's start functions: same budget
         // as lifecycle calls.
         let meter = store.data().meter.clone();
-        let bindings = budget::run(&meter, LIFECYCLE_DEADLINE, self.pre.instantiate(&mut store))
-            .await
-            .map_err(|e| InstanceError::Instantiate(format!("{e:#}")))?;
+        let bindings = {
+            let instantiating = std::pin::pin!(self.pre.instantiate(&mut store));
+            budget::run(&meter, LIFECYCLE_DEADLINE, instantiating).await
+        }
+        .map_err(|e| InstanceError::Instantiate(format!("{e:#}")))?;
         let mut instance = Box::new(Instance {
             store,
             bindings,

@@ -244,9 +244,9 @@ pub fn render_metrics(server: &Server, report: Option<&dyn AdminReport>) -> Stri
             &m.ack_timeouts,
         ),
         (
-            "camp_socket_writes_total",
-            "Flushes of a session's WebSocket that put frames on the wire; frames sent per write is how well replies are batched.",
-            &m.socket_writes,
+            "camp_socket_flushes_total",
+            "Flushes of the sessions' WebSockets that put frames on the wire (a flush is one or more writes to the socket; tungstenite also writes when its 128 KiB buffer fills); frames sent per flush is how well a session batches its ACKs and replies.",
+            &m.socket_flushes,
         ),
     ] {
         family(&mut o, name, help, "counter", [(none(), load(counter))]);

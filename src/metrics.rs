@@ -176,8 +176,9 @@ pub struct Metrics {
     pub ack_rtt: Histogram,
     /// Tracked frames never acknowledged within 2.5 s.
     pub ack_timeouts: AtomicU64,
-    /// Flushes of a session's WebSocket that put frames on the wire.
-    pub socket_writes: AtomicU64,
+    /// Flushes of the sessions' WebSockets that put frames on the wire
+    /// (added to the shared count at the session's next flush or end).
+    pub socket_flushes: AtomicU64,
     /// Data frames dropped by the backpressure policy, by policy.
     queue_drops: [AtomicU64; 3],
     /// Tolerated protocol deviations, by [`Tolerated`] kind.
@@ -199,7 +200,7 @@ impl Default for Metrics {
             malformed: AtomicU64::new(0),
             ack_rtt: Histogram::new(RTT_BOUNDS),
             ack_timeouts: AtomicU64::new(0),
-            socket_writes: AtomicU64::new(0),
+            socket_flushes: AtomicU64::new(0),
             queue_drops: Default::default(),
             tolerated: Default::default(),
             limits_hit: Mutex::new(Vec::new()),
@@ -350,7 +351,7 @@ pub struct Tally {
     rtt_counts: Vec<u64>,
     rtt_sum_nanos: u64,
     /// Flushes that put frames on the wire.
-    writes: u32,
+    flushes: u32,
     /// Whether anything waits to be added.
     dirty: bool,
 }
@@ -373,8 +374,8 @@ impl Tally {
     }
 
     /// Counts a flush of the socket that put frames on the wire.
-    pub fn socket_write(&mut self) {
-        self.writes = self.writes.saturating_add(1);
+    pub fn socket_flush(&mut self) {
+        self.flushes = self.flushes.saturating_add(1);
         self.dirty = true;
     }
 
@@ -405,8 +406,8 @@ impl Tally {
         add(&metrics.frames_out, &mut self.frames_out);
         add(&metrics.bytes_out, &mut self.bytes_out);
         metrics
-            .socket_writes
-            .fetch_add(std::mem::take(&mut self.writes).into(), Ordering::Relaxed);
+            .socket_flushes
+            .fetch_add(std::mem::take(&mut self.flushes).into(), Ordering::Relaxed);
         if !self.rtt_counts.is_empty() {
             add(&metrics.ack_rtt.counts, &mut self.rtt_counts);
             metrics

@@ -137,6 +137,10 @@ async fn a_close_with_frames_still_queued_is_answered() {
 /// flush. (They left in two, ACKs first: the session flushed when the
 /// socket had nothing more to read, before its application had answered,
 /// and after every 32 turns, which a burst of 16 messages and 16 ACKs is.)
+/// On this current-thread runtime the application always runs before the
+/// session's next poll; on a multi-thread one another worker may poll the
+/// session first, so there it is best effort (its effect at 50 sessions is
+/// in BENCHMARKS.md).
 #[tokio::test]
 async fn the_acks_of_a_burst_and_the_answers_leave_in_one_write() {
     const ROUNDS: u32 = 10;
@@ -181,18 +185,18 @@ async fn the_acks_of_a_burst_and_the_answers_leave_in_one_write() {
     let _ = peer.closed().await;
     until_no_sessions(&server.server, Duration::from_secs(5)).await;
     // The session's counts are added to the metrics when it ends.
-    let writes = server
+    let flushes = server
         .server
         .metrics()
-        .socket_writes
+        .socket_flushes
         .load(Ordering::Relaxed);
     // One write per burst, and at most two each for the handshake and the
     // close; splitting the ACKs from the echoes makes it 2 × ROUNDS + ….
     assert!(
-        writes <= u64::from(ROUNDS) + 4,
-        "{writes} writes for {ROUNDS} bursts"
+        flushes <= u64::from(ROUNDS) + 4,
+        "{flushes} flushes for {ROUNDS} bursts"
     );
-    assert!(writes >= u64::from(ROUNDS), "{writes} writes counted");
+    assert!(flushes >= u64::from(ROUNDS), "{flushes} flushes counted");
     server.shutdown().await;
 }
 

@@ -6,11 +6,13 @@
 //! Each turn of the loop waits for the first of: a WebSocket message (while
 //! reading is allowed), a command from a handle, a timer, shutdown, or the
 //! end of a pause. Before it waits, everything queued is handed to the
-//! WebSocket; the socket is flushed only when nothing else is ready (the
-//! application included: see `poll_wake`), when unflushed bytes reach the
-//! queue's high-water mark, or when the task yields after
-//! [`TURNS_PER_POLL`] turns, so a burst of frames read together is answered
-//! with one write.
+//! WebSocket; the socket is flushed when nothing else is ready (the
+//! application included: see `poll_wake`), at the start of every other
+//! poll of the task, after [`TURNS_PER_FLUSH`] turns, at the queue's
+//! high-water mark, and when the task yields after
+//! [`TURNS_PER_POLL`] turns; so a burst of frames read together is answered
+//! with one write. (A filter call that suspends the task is not a yield of
+//! the loop: the turn bounds still hold across it.)
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -99,14 +101,23 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// session's reading, which is the backpressure a slow application exerts.
 const EVENTS_CAPACITY: usize = 256;
 
+/// Most turns (frames read, commands served) between two flushes while
+/// input keeps arriving, so that ACKs and replies are not held back for a
+/// whole long burst (a burst of 16 messages, the peer's 16 ACKs and our 16
+/// answers is 48 turns, which still leave in one write).
+const TURNS_PER_FLUSH: u32 = 64;
+
 /// Turns (frames read, commands served) between two additions of this
 /// session's counts to the metrics while it is busy.
 const TURNS_PER_TALLY: u32 = 32;
 
-/// Most yields of the session's task waiting for the application to
-/// answer what it was delivered before the ACKs are flushed without the
-/// answers (see `poll_wake`).
-const ANSWER_WAITS: u8 = 1;
+/// Waits for the application's answers that found it still busy, in a
+/// row, after which the session stops waiting (see `poll_wake`) and only
+/// tries again every [`ANSWER_RETRY`]th time.
+const ANSWER_MISSES: u8 = 3;
+
+/// See [`ANSWER_MISSES`].
+const ANSWER_RETRY: u8 = 16;
 
 /// Most turns in one poll of the session's task before it yields to the
 /// runtime (tokio's own cooperative budget is 128 operations).
@@ -164,7 +175,10 @@ where
         write_first: false,
         answers_due: false,
         answers_awaited: false,
-        answer_waits: 0,
+        answer_waited: false,
+        answer_misses: 0,
+        answer_skips: 0,
+        turns_since_flush: 0,
         clock: None,
         queue,
         bytes_tx: 0,
@@ -229,8 +243,14 @@ pub(crate) struct Driver<S> {
     /// This poll follows a yield made to wait for the application's
     /// answers: it must not flush before it has taken them.
     answers_awaited: bool,
-    /// Yields made so far waiting for the current answers.
-    answer_waits: u8,
+    /// A yield was made waiting for the current answers.
+    answer_waited: bool,
+    /// Waits in a row after which the application was still busy.
+    answer_misses: u8,
+    /// Chances to wait skipped since waiting stopped paying off.
+    answer_skips: u8,
+    /// Turns since the socket was last flushed.
+    turns_since_flush: u32,
     /// The time, read once per poll of the task (see `now`).
     clock: Option<std::time::Instant>,
     /// Outgoing frames (ours, and the transaction sender tasks').
@@ -699,7 +719,11 @@ where
         // Tokio's cooperative budget is per poll of the task, and reading a
         // large frame can spend all of it: every other poll starts with a
         // full write and flush, so neither direction starves the other.
-        if fresh {
+        // The poll after a wait for the application's answers does not
+        // count: otherwise, with an application that never goes idle, the
+        // alternation could always land the full flush on those polls,
+        // which skip it.
+        if fresh && !self.answers_awaited {
             self.write_first = !self.write_first;
         }
         let flush_first = fresh && self.write_first && !self.answers_awaited;
@@ -762,17 +786,33 @@ where
         }
         if self.answers_due {
             // Messages went to the application since the last flush: its
-            // answers (an echo, a reply) usually come within a turn or two
-            // of the scheduler. Until it asks for its next event (idle),
-            // yield instead of flushing, at most `ANSWER_WAITS` times, so
-            // that the ACKs of what was read and the answers leave in one
-            // write: one system call and one wake-up of the peer instead of
-            // two (measured: the echo made two `sendto` per batch read
-            // where the bare stack makes one). Every source is registered
-            // above; an application that is slow to answer costs a few
-            // polls, not a delay.
-            if !self.events.app_idle() && self.answer_waits < ANSWER_WAITS {
-                self.answer_waits += 1;
+            // answers (an echo, a reply) usually come within a turn of the
+            // scheduler. Until it asks for its next event (idle), yield
+            // once instead of flushing, so that the ACKs of what was read
+            // and the answers leave in one write: one system call and one
+            // wake-up of the peer instead of two (measured: the echo made
+            // two `sendto` per burst read where the bare stack makes one).
+            // Every source is registered above; the cost is one poll. Best
+            // effort on a multi-thread runtime: another worker may take the
+            // task before the application has answered.
+            //
+            // Where the application runs on the other core and answers
+            // later (one busy session), waiting only adds polls: after
+            // `ANSWER_MISSES` waits in a row that found it still busy the
+            // session flushes at once, trying a wait again every
+            // `ANSWER_RETRY`th time.
+            if self.answer_waited {
+                if self.events.app_idle() {
+                    self.answer_misses = 0;
+                } else {
+                    self.answer_misses = self.answer_misses.saturating_add(1);
+                }
+            } else if (self.unflushed > 0 || !self.out.is_empty() || self.queue.filled())
+                && !self.write_blocked
+                && !self.events.app_idle()
+                && self.answer_worth_waiting()
+            {
+                self.answer_waited = true;
                 self.answers_awaited = true;
                 self.yielded = true;
                 self.turns_since_yield = 0;
@@ -780,7 +820,12 @@ where
                 return Poll::Pending;
             }
             self.answers_due = false;
-            self.answer_waits = 0;
+            self.answer_waited = false;
+            // It may have answered between the look at the inbox above and
+            // going idle: take those answers into this write.
+            if running && let Some(command) = self.inbox.try_recv() {
+                return self.turn(Wake::Command(command));
+            }
         }
         // Put what was written on the wire (and register with the queue).
         self.turns = 0;
@@ -790,6 +835,16 @@ where
         self.yielded = true;
         self.turns_since_yield = 0;
         Poll::Pending
+    }
+
+    /// Whether to wait for the application's answers this time (see
+    /// [`ANSWER_MISSES`]).
+    fn answer_worth_waiting(&mut self) -> bool {
+        if self.answer_misses < ANSWER_MISSES {
+            return true;
+        }
+        self.answer_skips = self.answer_skips.wrapping_add(1);
+        self.answer_skips % ANSWER_RETRY == 0
     }
 
     /// The shutdown signal and the timers (heartbeat, ACK expiry).
@@ -810,13 +865,11 @@ where
         Poll::Pending
     }
 
-    /// Counts a turn that found work. The socket is not flushed here:
-    /// flushing after a count of turns split the ACKs of a burst from the
-    /// application's answers (a burst of 16 messages and the 16 ACKs of
-    /// our echoes is 32 turns) into two writes.
+    /// Counts a turn that found work (see [`TURNS_PER_FLUSH`]).
     fn turn(&mut self, wake: Wake) -> Poll<Wake> {
         self.turns += 1;
         self.turns_since_yield += 1;
+        self.turns_since_flush += 1;
         if self.turns >= TURNS_PER_TALLY {
             self.turns = 0;
             // Counted even while the socket is full (a peer streaming to us).
@@ -927,7 +980,7 @@ where
                 return Ok(());
             }
         }
-        if flush {
+        if flush || self.turns_since_flush >= TURNS_PER_FLUSH {
             self.poll_flush(cx)?;
         }
         Ok(())
@@ -944,8 +997,13 @@ where
         match Pin::new(&mut self.ws).poll_flush(cx) {
             Poll::Ready(Ok(())) => {
                 self.unflushed = 0;
+                self.turns_since_flush = 0;
                 self.write_blocked = false;
-                self.tally.socket_write();
+                self.tally.socket_flush();
+                // What was delivered so far has been answered or not: a
+                // wait for answers starts again with the next delivery.
+                self.answers_due = false;
+                self.answer_waited = false;
                 Ok(true)
             }
             Poll::Ready(Err(e)) => Err(e),

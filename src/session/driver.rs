@@ -844,7 +844,7 @@ where
             return true;
         }
         self.answer_skips = self.answer_skips.wrapping_add(1);
-        self.answer_skips % ANSWER_RETRY == 0
+        self.answer_skips.is_multiple_of(ANSWER_RETRY)
     }
 
     /// The shutdown signal and the timers (heartbeat, ACK expiry).

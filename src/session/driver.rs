@@ -119,6 +119,14 @@ const ANSWER_MISSES: u8 = 3;
 /// See [`ANSWER_MISSES`].
 const ANSWER_RETRY: u8 = 16;
 
+/// The session waits for the application's answers only when what it was
+/// delivered since the last flush is at most this many payload bytes:
+/// small messages, whose ACKs in a write of their own cost about as much
+/// as the answers. Beyond it the answers are large writes anyway, and
+/// holding the ACKs for them measured slower (4 KiB messages at 1,000
+/// sessions: 0.77 → 0.64 of the bare stack).
+const ANSWER_WAIT_BYTES: usize = 8 * 1024;
+
 /// Most turns in one poll of the session's task before it yields to the
 /// runtime (tokio's own cooperative budget is 128 operations).
 const TURNS_PER_POLL: u32 = 128;
@@ -176,6 +184,7 @@ where
         answers_due: false,
         answers_awaited: false,
         answer_waited: false,
+        answered_bytes: 0,
         answer_misses: 0,
         answer_skips: 0,
         turns_since_flush: 0,
@@ -245,6 +254,8 @@ pub(crate) struct Driver<S> {
     answers_awaited: bool,
     /// A yield was made waiting for the current answers.
     answer_waited: bool,
+    /// Payload bytes delivered to the application since the last flush.
+    answered_bytes: usize,
     /// Waits in a row after which the application was still busy.
     answer_misses: u8,
     /// Chances to wait skipped since waiting stopped paying off.
@@ -808,6 +819,7 @@ where
                     self.answer_misses = self.answer_misses.saturating_add(1);
                 }
             } else if (self.unflushed > 0 || !self.out.is_empty() || self.queue.filled())
+                && self.answered_bytes <= ANSWER_WAIT_BYTES
                 && !self.write_blocked
                 && !self.events.app_idle()
                 && self.answer_worth_waiting()
@@ -821,6 +833,7 @@ where
             }
             self.answers_due = false;
             self.answer_waited = false;
+            self.answered_bytes = 0;
             // It may have answered between the look at the inbox above and
             // going idle: take those answers into this write.
             if running && let Some(command) = self.inbox.try_recv() {
@@ -1004,6 +1017,7 @@ where
                 // wait for answers starts again with the next delivery.
                 self.answers_due = false;
                 self.answer_waited = false;
+                self.answered_bytes = 0;
                 Ok(true)
             }
             Poll::Ready(Err(e)) => Err(e),
@@ -1334,6 +1348,7 @@ where
                 Verdict::Close { code, reason } => return Some(Exit::Local(code, reason)),
             }
         }
+        self.answered_bytes = self.answered_bytes.saturating_add(message.len());
         self.events.deliver(Event::Message(message));
         self.answers_due = true;
         None

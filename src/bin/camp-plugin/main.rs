@@ -489,6 +489,12 @@ fn run_script(plugin: &dyn Extension, text: &str, file: &Path) -> Result<(u64, u
                 let mut message = input.clone();
                 // Like the pipeline: an undeclared hook is never called.
                 let got = if !plugin.hooks().contains(hook) {
+                    // Said, so that a script of passes is not mistaken for
+                    // a tested plugin (a plugin may declare its hooks from
+                    // `log-enabled`, which is false here: no log is written).
+                    eprintln!(
+                        "  ({at}: the plugin does not declare {hook_word}: not called, counted as pass)"
+                    );
                     Expect::Pass
                 } else {
                     match block_on(plugin.call(hook, &session, &mut message)) {

@@ -128,8 +128,10 @@ pub(crate) struct EventBytes {
     /// Signalled when the application took a message.
     pub(crate) taken: tokio::sync::Notify,
     /// The application asked for its next event and none was waiting: it
-    /// has answered everything delivered so far (the session task flushes
-    /// its ACKs together with those answers; see `driver::poll_wake`).
+    /// has taken everything delivered so far and given whatever answers it
+    /// gives at once (the session task flushes its ACKs together with
+    /// those; see `driver::poll_wake`). A hint for batching only: a stale
+    /// value costs one write more or one poll more, never a frame.
     pub(crate) idle: std::sync::atomic::AtomicBool,
 }
 

@@ -361,13 +361,13 @@ impl Queue {
         Poll::Pending
     }
 
-    /// Takes queued items like [`Queue::poll_pop`] if any wait, without
-    /// registering for the next push (and without locking when none do).
     /// Whether anything is queued (without the lock).
     pub(crate) fn filled(&self) -> bool {
         self.filled.load(Ordering::Acquire)
     }
 
+    /// Takes queued items like [`Queue::poll_pop`] if any wait, without
+    /// registering for the next push (and without locking when none do).
     pub(crate) fn try_pop(&self, into: &mut VecDeque<Item>) -> bool {
         self.filled.load(Ordering::Acquire) && self.pop(into)
     }

@@ -105,101 +105,58 @@ fn batch(c: &mut Criterion) {
     // total / n.
     let per_message = |elapsed: Duration, n: usize| elapsed / n as u32;
 
-    let mut group = c.benchmark_group("passthrough");
-    for n in SIZES {
-        let texts = messages(n);
-        group.bench_function(BenchmarkId::new("single", n), |b| {
-            b.iter_custom(|iters| {
-                runtime.block_on(async {
-                    let started = Instant::now();
-                    for _ in 0..iters {
-                        for text in &texts {
-                            black_box(guest.single(SESSION, text).await.unwrap());
-                        }
-                    }
-                    per_message(started.elapsed(), n)
-                })
-            })
-        });
-        group.bench_function(BenchmarkId::new("batch", n), |b| {
-            b.iter_custom(|iters| {
-                runtime.block_on(async {
-                    let started = Instant::now();
-                    for _ in 0..iters {
-                        let actions = guest.batch(SESSION, &texts).await.unwrap();
-                        assert_eq!(actions.len(), n);
-                        black_box(actions);
-                    }
-                    per_message(started.elapsed(), n)
-                })
-            })
-        });
+    // One group: N async calls of `$single` (one message each) against
+    // one of `$batch` (all N), per message.
+    macro_rules! async_group {
+        ($name:literal, |$texts:ident, $text:ident| $single:expr, $batch:expr) => {{
+            let mut group = c.benchmark_group($name);
+            for n in SIZES {
+                let $texts = messages(n);
+                group.bench_function(BenchmarkId::new("single", n), |b| {
+                    b.iter_custom(|iters| {
+                        runtime.block_on(async {
+                            let started = Instant::now();
+                            for _ in 0..iters {
+                                for $text in &$texts {
+                                    black_box($single.await.unwrap());
+                                }
+                            }
+                            per_message(started.elapsed(), n)
+                        })
+                    })
+                });
+                group.bench_function(BenchmarkId::new("batch", n), |b| {
+                    b.iter_custom(|iters| {
+                        runtime.block_on(async {
+                            let started = Instant::now();
+                            for _ in 0..iters {
+                                let actions = $batch.await.unwrap();
+                                assert_eq!(actions.len(), n);
+                                black_box(actions);
+                            }
+                            per_message(started.elapsed(), n)
+                        })
+                    })
+                });
+            }
+            group.finish();
+        }};
     }
-    group.finish();
-
-    let mut group = c.benchmark_group("session");
-    for n in SIZES {
-        let texts = messages(n);
-        group.bench_function(BenchmarkId::new("single", n), |b| {
-            b.iter_custom(|iters| {
-                runtime.block_on(async {
-                    let started = Instant::now();
-                    for _ in 0..iters {
-                        for text in &texts {
-                            black_box(guest.session_single(text).await.unwrap());
-                        }
-                    }
-                    per_message(started.elapsed(), n)
-                })
-            })
-        });
-        group.bench_function(BenchmarkId::new("batch", n), |b| {
-            b.iter_custom(|iters| {
-                runtime.block_on(async {
-                    let started = Instant::now();
-                    for _ in 0..iters {
-                        let actions = guest.session_batch(&texts).await.unwrap();
-                        assert_eq!(actions.len(), n);
-                        black_box(actions);
-                    }
-                    per_message(started.elapsed(), n)
-                })
-            })
-        });
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("scan");
-    for n in SIZES {
-        let texts = messages(n);
-        group.bench_function(BenchmarkId::new("single", n), |b| {
-            b.iter_custom(|iters| {
-                runtime.block_on(async {
-                    let started = Instant::now();
-                    for _ in 0..iters {
-                        for text in &texts {
-                            black_box(guest.scan(SESSION, text).await.unwrap());
-                        }
-                    }
-                    per_message(started.elapsed(), n)
-                })
-            })
-        });
-        group.bench_function(BenchmarkId::new("batch", n), |b| {
-            b.iter_custom(|iters| {
-                runtime.block_on(async {
-                    let started = Instant::now();
-                    for _ in 0..iters {
-                        let actions = guest.scan_batch(SESSION, &texts).await.unwrap();
-                        assert_eq!(actions.len(), n);
-                        black_box(actions);
-                    }
-                    per_message(started.elapsed(), n)
-                })
-            })
-        });
-    }
-    group.finish();
+    async_group!(
+        "passthrough",
+        |texts, text| guest.single(SESSION, text),
+        guest.batch(SESSION, &texts)
+    );
+    async_group!(
+        "session",
+        |texts, text| guest.session_single(text),
+        guest.session_batch(&texts)
+    );
+    async_group!(
+        "scan",
+        |texts, text| guest.scan(SESSION, text),
+        guest.scan_batch(SESSION, &texts)
+    );
 
     let mut group = c.benchmark_group("sync");
     for n in SIZES {

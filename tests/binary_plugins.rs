@@ -178,7 +178,6 @@ async fn binary_runs_the_example_pipeline_and_hot_reloads_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(camp_artifacts::PROBE, dir.path().join("probe.wasm")).unwrap();
     std::fs::write(
@@ -197,26 +196,25 @@ async fn hostile_guests_hit_their_bounds_and_the_binary_stays_within_them() {
     .unwrap();
     std::fs::copy(camp_artifacts::TABLE_HOG, dir.path().join("table-hog.wasm")).unwrap();
     let log_path = dir.path().join("server.log");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_camp-server"))
-        .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
-        .args(["--token", "secret", "--log", "warn", "--plugins"])
-        .arg(dir.path())
-        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut url, mut admin) = (String::new(), String::new());
-    while url.is_empty() {
-        let line = lines.next_line().await.unwrap().expect("announced");
-        if let Some(at) = line.find("http://") {
-            admin = line[at + 7..].trim_end_matches('/').to_string();
-        } else if let Some(at) = line.find("ws://") {
-            url = line[at..].to_string();
-        }
-    }
+    let spawned = crate::common::spawn_logging_to(
+        env!("CARGO_BIN_EXE_camp-server"),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--admin-bind",
+            "127.0.0.1:0",
+            "--token",
+            "secret",
+            "--log",
+            "warn",
+            "--plugins",
+            dir.path().to_str().unwrap(),
+        ],
+        &log_path,
+    )
+    .await;
+    let (child, url) = (spawned.child, spawned.url);
+    let admin = spawned.admin.expect("an admin listener");
     let pid = child.id().unwrap();
     crate::common::wait_ready(&url, "secret").await;
     let (warm, mut warm_events) = Client::new(&url, "secret").sid(1).connect().await.unwrap();

@@ -291,39 +291,19 @@ async fn batch() {
         Action::Replace(Payload::Utf8(text)) => format!("replace {text}"),
         Action::Replace(_) => "replace of another kind".to_string(),
     };
+    let shown = |actions: Vec<Action>| actions.iter().map(show).collect::<Vec<_>>();
     let mut one_by_one = Vec::new();
     for text in &texts {
         one_by_one.push(show(&guest.scan(7, text).await.unwrap()));
     }
     assert_eq!(one_by_one, expected);
-    let batched: Vec<String> = guest
-        .scan_batch(7, &texts)
-        .await
-        .unwrap()
-        .iter()
-        .map(show)
-        .collect();
-    assert_eq!(batched, expected);
+    assert_eq!(shown(guest.scan_batch(7, &texts).await.unwrap()), expected);
 
     for n in [0, 1, 16] {
         let texts = vec!["x".repeat(64); n];
         let passes = vec!["pass"; n];
-        let batched: Vec<String> = guest
-            .batch(7, &texts)
-            .await
-            .unwrap()
-            .iter()
-            .map(show)
-            .collect();
-        assert_eq!(batched, passes);
-        let batched: Vec<String> = guest
-            .session_batch(&texts)
-            .await
-            .unwrap()
-            .iter()
-            .map(show)
-            .collect();
-        assert_eq!(batched, passes);
+        assert_eq!(shown(guest.batch(7, &texts).await.unwrap()), passes);
+        assert_eq!(shown(guest.session_batch(&texts).await.unwrap()), passes);
     }
     assert!(matches!(guest.single(7, "x").await.unwrap(), Action::Pass));
     assert!(matches!(

@@ -103,7 +103,6 @@ fn the_logger_declares_no_hook_when_its_lines_would_be_dropped() {
 /// The server binary with the example plugins at `--log level`, its log
 /// written to `log`: its CAMP URL and admin address.
 async fn example_server(level: &str, log: &Path) -> (tokio::process::Child, String, String) {
-    use tokio::io::AsyncBufReadExt;
     let dir = log.with_file_name("plugins");
     std::fs::create_dir_all(&dir).unwrap();
     let built = Path::new(crate::common::examples_dir());
@@ -113,27 +112,25 @@ async fn example_server(level: &str, log: &Path) -> (tokio::process::Child, Stri
             std::fs::copy(built.join(&file), dir.join(&file)).unwrap();
         }
     }
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_camp-server"))
-        .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
-        .args(["--token", "secret", "--log", level, "--plugins"])
-        .arg(&dir)
-        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut url, mut admin) = (String::new(), String::new());
-    while url.is_empty() {
-        let line = lines.next_line().await.unwrap().expect("announced");
-        if let Some(at) = line.find("http://") {
-            admin = line[at + 7..].trim_end_matches('/').to_string();
-        } else if let Some(at) = line.find("ws://") {
-            url = line[at..].to_string();
-        }
-    }
+    let spawned = crate::common::spawn_logging_to(
+        env!("CARGO_BIN_EXE_camp-server"),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--admin-bind",
+            "127.0.0.1:0",
+            "--token",
+            "secret",
+            "--log",
+            level,
+            "--plugins",
+            dir.to_str().unwrap(),
+        ],
+        log,
+    )
+    .await;
+    let (child, url) = (spawned.child, spawned.url);
+    let admin = spawned.admin.expect("an admin listener");
     crate::common::wait_ready(&url, "secret").await;
     (child, url, admin)
 }

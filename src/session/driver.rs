@@ -182,7 +182,6 @@ where
         turns_since_yield: 0,
         write_first: false,
         answers_due: false,
-        answers_awaited: false,
         answer_waited: false,
         answered_bytes: 0,
         answer_misses: 0,
@@ -249,10 +248,8 @@ pub(crate) struct Driver<S> {
     /// Messages went to the application since the last flush and the
     /// flush has not yet waited for its answers (see `poll_wake`).
     answers_due: bool,
-    /// This poll follows a yield made to wait for the application's
-    /// answers: it must not flush before it has taken them.
-    answers_awaited: bool,
-    /// A yield was made waiting for the current answers.
+    /// A yield was made waiting for the current answers (the poll after it
+    /// takes them before it flushes).
     answer_waited: bool,
     /// Payload bytes delivered to the application since the last flush.
     answered_bytes: usize,
@@ -731,14 +728,13 @@ where
         // large frame can spend all of it: every other poll starts with a
         // full write and flush, so neither direction starves the other.
         // The poll after a wait for the application's answers does not
-        // count: otherwise, with an application that never goes idle, the
-        // alternation could always land the full flush on those polls,
-        // which skip it.
-        if fresh && !self.answers_awaited {
+        // flush before it has taken them, and does not count: otherwise,
+        // with an application that never goes idle, the alternation could
+        // always land the full flush on those polls.
+        if fresh && !self.answer_waited {
             self.write_first = !self.write_first;
         }
-        let flush_first = fresh && self.write_first && !self.answers_awaited;
-        self.answers_awaited = false;
+        let flush_first = fresh && self.write_first && !self.answer_waited;
         if let Err(e) = self.poll_write(cx, flush_first) {
             return Poll::Ready(Wake::WriteFailed(e));
         }
@@ -825,7 +821,6 @@ where
                 && self.answer_worth_waiting()
             {
                 self.answer_waited = true;
-                self.answers_awaited = true;
                 self.yielded = true;
                 self.turns_since_yield = 0;
                 cx.waker().wake_by_ref();

@@ -292,12 +292,31 @@ pub async fn spawn_announcing_with_cache(
     args: &[&str],
     cache_home: &Path,
 ) -> Spawned {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .args(args)
         .env("XDG_CACHE_HOME", cache_home)
+        .stderr(std::process::Stdio::inherit());
+    announced(command, program).await
+}
+
+/// [`spawn_announcing`] with the program's log (its stderr) written to
+/// `log`, and `RUST_LOG` unset so that its `--log` decides what is in it.
+pub async fn spawn_logging_to(program: &str, args: &[&str], log: &Path) -> Spawned {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(log).expect("the log file"));
+    announced(command, program).await
+}
+
+/// Starts `command` and reads its stdout until it announces its URL.
+async fn announced(mut command: tokio::process::Command, program: &str) -> Spawned {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = command
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .expect("binary runs");
